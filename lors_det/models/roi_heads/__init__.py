@@ -1,0 +1,1 @@
+from . import bbox_heads  # noqa: F401
