@@ -1,1 +1,5 @@
 from . import bbox_heads  # noqa: F401
+from .adamixer_decoder import AdaMixerDecoder
+from .bbox_heads import AdaMixerDecoderStage
+
+__all__ = ['AdaMixerDecoder', 'AdaMixerDecoderStage']

@@ -1,1 +1,3 @@
+from .adamixer_decoder_stage import AdaMixerDecoderStage
 
+__all__ = ['AdaMixerDecoderStage']
