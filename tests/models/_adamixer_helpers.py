@@ -40,13 +40,12 @@ def small_model_cfg(num_stages=2, num_query=5, num_classes=3, max_per_img=7):
     model.backbone.update(depth=18, base_channels=8, zero_init_residual=False)
     model.neck.update(in_channels=[8, 16, 32, 64], out_channels=dim)
     model.rpn_head.update(num_query=num_query, content_dim=dim)
-    stage = copy.deepcopy(model.roi_head.bbox_head[0])
+    stage = copy.deepcopy(model.roi_head.bbox_head)
     stage.update(num_classes=num_classes, num_heads=4, feedforward_channels=64, content_dim=dim,
                  feat_channels=dim, in_points=4, out_points=6, n_groups=4)
     model.roi_head.update(num_stages=num_stages, stage_loss_weights=[1.0] * num_stages,
                           content_dim=dim,
                           bbox_head=[copy.deepcopy(stage) for _ in range(num_stages)])
-    model.train_cfg.rcnn = model.train_cfg.rcnn[:num_stages]
     model.test_cfg.rcnn.max_per_img = max_per_img
     return model
 

@@ -176,7 +176,7 @@ def test_decoder_config_errors():
     with pytest.raises(ValueError, match='stage_loss_weights'):
         build_model(cfg)
     cfg = small_model_cfg()
-    cfg.train_cfg.rcnn = cfg.train_cfg.rcnn[:1]
+    cfg.train_cfg.rcnn = [cfg.train_cfg.rcnn]  # one stage config for two stages
     with pytest.raises(ValueError, match='train_cfg'):
         build_model(cfg)
     cfg = small_model_cfg()

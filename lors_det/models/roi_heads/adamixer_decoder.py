@@ -8,6 +8,7 @@ only: top-k over all sigmoid scores, label = index % num_classes, no NMS, no cli
 
 The queries come from ``InitialQueryGenerator`` (``xyzr``, ``features``, ``imgs_whwh`` per image).
 """
+import copy
 from typing import List, Sequence, Tuple
 
 import torch
@@ -33,7 +34,7 @@ class AdaMixerDecoder(SparseRoIHead):
         bbox_head: one ``AdaMixerDecoderStage`` config, or a list with one per stage.
         bbox_roi_extractor: only present because ``CascadeRoIHead`` requires one; it is never
             called. Defaults to a parameter-free ``SingleRoIExtractor``.
-        train_cfg: list of per-stage dicts with ``assigner``, ``sampler`` (PseudoSampler) and
+        train_cfg: one dict (used by every stage) or a list of per-stage dicts with ``assigner``, ``sampler`` (PseudoSampler) and
             ``pos_weight``.
         test_cfg: dict with ``max_per_img``.
     """
@@ -58,6 +59,8 @@ class AdaMixerDecoder(SparseRoIHead):
         if isinstance(bbox_head, (list, tuple)) and len(bbox_head) != num_stages:
             raise ValueError(f'bbox_head has {len(bbox_head)} stage configs but '
                              f'num_stages={num_stages}')
+        if isinstance(train_cfg, dict):  # one stage config for all stages
+            train_cfg = [copy.deepcopy(train_cfg) for _ in range(num_stages)]
         if train_cfg is not None and len(train_cfg) != num_stages:
             raise ValueError(f'train_cfg (model.train_cfg.rcnn) has {len(train_cfg)} stage '
                              f'configs but num_stages={num_stages}')
