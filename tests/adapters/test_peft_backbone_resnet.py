@@ -125,6 +125,27 @@ def test_frozen_stages_that_would_freeze_adapters_raise():
     assert len(lambdas) == 2 * 6 and all(p.requires_grad for p in lambdas)
 
 
+def test_frozen_stages_guard_trainable_parameters_and_leave_modes_alone():
+    resnet = dict(type='ResNet', depth=18, frozen_stages=1)
+    with pytest.raises(ValueError, match=r'frozen_stages=1.*`trainable` parameters.*'
+                       r'module\.layer1\.0\.bn1\.weight'):
+        PEFTBackbone(module=resnet, adapter=dict(type='VeRA', targets=[r'layer4\.\d+\.conv1'],
+                                                 rank=4), trainable=[r'layer1\.0\.bn1\.'])
+    with pytest.raises(ValueError, match='`trainable` parameters'):  # frozen baseline too
+        PEFTBackbone(module=resnet, adapter=None, trainable=[r'layer1\.0\.bn1\.'])
+    backbone = PEFTBackbone(module=resnet, adapter=dict(
+        type='CondLoRA', targets=[r'layer[2-4]\.\d+\.conv1'], rank=4),
+        trainable=[r'layer2\.0\.bn1\.'])
+    # the probe ran _freeze_stages() (which calls eval()) on a fully trainable copy of the
+    # flags, then put every flag back: train/eval modes are those of the plain backbone
+    plain = ResNet(depth=18, frozen_stages=1)
+    assert [m.training for m in backbone.module.modules()] == [m.training for m in plain.modules()]
+    assert backbone.module.layer2.training and not backbone.module.layer1.training
+    trainable = sorted(n for n, p in backbone.named_parameters() if p.requires_grad)
+    assert trainable == sorted(['module.layer2.0.bn1.weight', 'module.layer2.0.bn1.bias'] + [
+        n for n, _ in backbone.adapter.named_parameters(prefix='adapter')])
+
+
 def test_pattern_matching_nothing_raises():
     with pytest.raises(ValueError, match=re.escape(r"'layer5\.\d+\.conv1' matches no")):
         _peft(dict(type='VeRA', targets=[r'layer1\.\d+\.conv1', r'layer5\.\d+\.conv1']),

@@ -25,17 +25,20 @@ def apply_adapter(model: nn.Module, adapter: Union[dict, AdapterBase],
                   owner: nn.Module = None) -> AdapterBase:
     """Wrap the target layers of ``model``, then freeze everything but the adapter.
 
-    The returned adapter module holds the shared state (VeRA A/B, CondLoRA θ). It must be
-    registered exactly once on a module that owns ``model`` so that ``.to()``, state dicts and
-    the optimizer see it; pass that module as ``owner`` (it is registered as ``owner.adapter``),
-    or register it yourself. ``trainable`` regexes (``re.search`` on parameter names of
-    ``owner`` or ``model``) keep extra base parameters trainable, e.g. ``'norm'``.
+    The returned adapter module holds the shared state (VeRA A/B, CondLoRA θ). It is registered
+    exactly once, as ``owner.adapter`` (``owner`` defaults to ``model``), so that ``.to()``,
+    state dicts and the optimizer see it while the wrapped layers only keep a plain reference.
+    ``trainable`` regexes (``re.search`` on parameter names of ``owner``) keep extra base
+    parameters trainable, e.g. ``'norm'``.
     """
+    owner = model if owner is None else owner
+    if getattr(owner, 'adapter', None) is not None:
+        raise ValueError(f'{type(owner).__name__} already has an `adapter` attribute '
+                         f'({type(owner.adapter).__name__}); apply one adapter per model')
     adapter = build_adapter(adapter)
     adapter.inject(model)
-    if owner is not None:
-        owner.adapter = adapter
-    freeze_base(owner if owner is not None else model, trainable)
+    owner.adapter = adapter
+    freeze_base(owner, trainable)
     return adapter
 
 

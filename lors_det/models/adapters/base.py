@@ -271,6 +271,21 @@ class AdapterLayerMixin:
         self.merged = False  # this wrapper is discarded; its weight now holds W0 + ΔW
         return plain
 
+    # -- state dict ---------------------------------------------------------------------------
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.merged:
+            # A checkpoint always holds (W0, adapter state): saving W0 + ΔW next to the adapter
+            # would apply ΔW twice once loaded into an unmerged model.
+            weight = self._unmerged_weight
+            destination[prefix + 'weight'] = weight if keep_vars else weight.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if self.merged:
+            raise RuntimeError(f'{type(self).__name__} at {prefix[:-1] or "<root>"} is merged: '
+                               'call unmerge() (PEFTBackbone.unmerge()) before loading weights')
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def extra_repr(self) -> str:
         return f'{super().extra_repr()}, forward={self.forward_mode}, merged={self.merged}'
 

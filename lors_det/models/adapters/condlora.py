@@ -141,12 +141,17 @@ class CondLoRA(AdapterBase):
         key = f'{role}__{shape}' if role else shape
         if rank != self.rank:
             key += f'__r{rank}'
-        return re.sub(r'[^0-9A-Za-z_]', '_', key)
+        return key
 
     def _prepare(self, model: nn.Module, found: List[Tuple[str, nn.Module, dict]]) -> None:
+        readable: Dict[str, str] = {}
         for name, layer, overrides in found:
             rank = int(overrides.get('rank', self.rank))
-            group = self.group_key(model, name, layer, rank)
+            key = self.group_key(model, name, layer, rank)
+            group = re.sub(r'[^0-9A-Za-z_]', '_', key)  # a valid ParameterDict key
+            if readable.setdefault(group, key) != key:
+                raise ValueError(f'CondLoRA groups {readable[group]!r} and {key!r} map to the '
+                                 f'same parameter name {group!r}; use adapter.group_by')
             d_out, d_in = weight_matrix_shape(layer)
             if group not in self.groups:
                 device = layer.weight.device

@@ -6,7 +6,6 @@ b (d_out, zero init) and d (r, constant ``d_initial``), i.e. d_out + r trainable
 A layer of weight (d_out, d_in) uses the slices ``A[:, :d_in]`` and ``B[:d_out]``; a conv of
 weight (out, in/groups, kh, kw) is the matrix (out, in/groups*kh*kw).
 """
-import math
 from typing import List, Tuple
 
 import torch

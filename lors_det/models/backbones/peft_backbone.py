@@ -6,8 +6,8 @@ from mmdet.registry import MODELS
 from mmengine.config import ConfigDict
 from mmengine.model import BaseModule
 
-from ..adapters import (apply_adapter, freeze_base, iter_adapter_layers, merge_adapters,
-                        merge_and_unload, unmerge_adapters)
+from ..adapters import (apply_adapter, freeze_base, is_adapter_key, iter_adapter_layers,
+                        merge_adapters, merge_and_unload, unmerge_adapters)
 
 _INNER = 'module'
 _OWN_CHILDREN = (_INNER, 'adapter')
@@ -34,6 +34,10 @@ def _nest_state_dict_keys(module, state_dict, prefix, local_metadata, strict, mi
         rest = key[len(prefix):]
         if rest.split('.', 1)[0] not in _OWN_CHILDREN:
             state_dict[prefix + _INNER + '.' + rest] = state_dict.pop(key)
+
+
+def _preview(names, limit=4) -> str:
+    return f'{names[:limit]}{" ..." if len(names) > limit else ""}'
 
 
 @MODELS.register_module()
@@ -70,33 +74,56 @@ class PEFTBackbone(BaseModule):
             freeze_base(self, trainable)
         else:
             apply_adapter(self.module, adapter, trainable=trainable, owner=self)
-            self._check_frozen_stages()
+        self._check_frozen_stages()
         self.register_state_dict_post_hook(_flatten_state_dict_keys)
         self.register_load_state_dict_pre_hook(_nest_state_dict_keys)
 
     def _check_frozen_stages(self) -> None:
-        """Refuse targets inside ``frozen_stages``: train() would freeze their adapters."""
+        """Refuse adapters / ``trainable`` parameters that ``frozen_stages`` would freeze.
+
+        mmdet backbones re-run ``_freeze_stages()`` on every ``train()``; it sets
+        ``requires_grad=False`` on everything inside the frozen stages, which would silently
+        stop the VeRA vectors of layers there from training (CondLoRA θ live on the adapter, but
+        a CondLoRA target in a frozen stage is as surely a config mistake). We run the
+        backbone's own ``_freeze_stages()`` on a fully trainable copy of the flags to see what
+        it freezes, then restore every flag and train/eval mode.
+        """
         freeze = getattr(self.module, '_freeze_stages', None)
         if freeze is None:
             return
-        layers = list(iter_adapter_layers(self.module))
-        before = [layer.weight.requires_grad for _, layer in layers]
-        state = {n: p.requires_grad for n, p in self.named_parameters()}
-        for _, layer in layers:  # probe: see which wrapped layers the backbone freezes
-            layer.weight.requires_grad_(True)
-        freeze()
-        frozen = [name for name, layer in layers if not layer.weight.requires_grad]
-        for (_, layer), grad in zip(layers, before):
-            layer.weight.requires_grad_(grad)
-        for name, param in self.named_parameters():
-            param.requires_grad_(state[name])
-        if frozen:
-            raise ValueError(
-                f'{type(self.module).__name__}(frozen_stages='
-                f'{getattr(self.module, "frozen_stages", "?")}) freezes adapter targets '
-                f'{frozen[:4]}{" ..." if len(frozen) > 4 else ""}, whose adapters would then '
-                'silently never train. Set frozen_stages=-1 (PEFTBackbone already freezes the '
-                'base weights) or exclude these layers from adapter.targets.')
+        params = dict(self.named_parameters())
+        wanted = {name for name, p in params.items() if p.requires_grad}
+        layer_weights = {f'{_INNER}.{name}.weight': name
+                         for name, _ in iter_adapter_layers(self.module)}
+        grad_flags = {name: p.requires_grad for name, p in params.items()}
+        modes = [(m, m.training) for m in self.modules()]
+        try:
+            for p in params.values():
+                p.requires_grad_(True)
+            freeze()
+            frozen = {name for name, p in params.items() if not p.requires_grad}
+        finally:
+            for name, p in params.items():
+                p.requires_grad_(grad_flags[name])
+            for module, mode in modes:
+                module.training = mode
+        hit_layers = sorted({layer for key, layer in layer_weights.items() if key in frozen})
+        hit_params = sorted(name for name in wanted & frozen
+                            if not is_adapter_key(name))  # `trainable` base parameters
+        if not hit_layers and not hit_params:
+            return
+        stages = getattr(self.module, 'frozen_stages', '?')
+        what = []
+        if hit_layers:
+            what.append(f'adapter.targets {_preview(hit_layers)}, whose adapters would then '
+                        'silently never train')
+        if hit_params:
+            what.append(f'`trainable` parameters {_preview(hit_params)}')
+        raise ValueError(
+            f'{type(self.module).__name__}(frozen_stages={stages}) freezes '
+            f'{" and ".join(what)}. Set frozen_stages=-1 in the backbone config (PEFTBackbone '
+            'already freezes the base weights) or exclude these layers from adapter.targets / '
+            'trainable.')
 
     def __getattr__(self, name: str):
         try:
