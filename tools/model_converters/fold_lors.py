@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""Fold an AdaMixer+LORS checkpoint into plain per-stage AdaMixer weights.
+
+    python tools/model_converters/fold_lors.py CONFIG CHECKPOINT OUT.pth [--out-config PLAIN.py]
+
+``CONFIG`` is the LORS training config (``roi_head.type='AdaMixerLORSDecoder'``). Every stage's
+generated mixing matrices ``M_i(q) = M_c(q) + sum B E_i(q) A`` are affine in the query, so they
+equal a plain ``AdaptiveMixing.parameter_generator`` Linear with folded weight and bias; the
+LORS^T out projection folds to a plain Linear per stage (maths: ``lors_det/models/lors/fold.py``).
+``OUT.pth`` loads into a *plain* AdaMixer with the LORS config's stage dims (``n_groups=2,
+in_points=64``): ``--out-config`` writes that config (the LORS config with ``AdaMixerDecoder`` and
+``AdaptiveMixing`` mixers), e.g.
+
+    python tools/test.py PLAIN.py OUT.pth
+
+The folded model gives the same detections (up to float rounding) without the LORS core
+generators and per-query residuals, at the price of storing six dense generators and projections
+(decoder 135.5 M instead of 35.3 M parameters for R-50).
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+import torch  # noqa: E402
+from mmengine.config import Config  # noqa: E402
+from mmengine.registry import init_default_scope  # noqa: E402
+
+import lors_det  # noqa: E402,F401  (registers the models and the checkpoint allow-list)
+from lors_det.models.lors import fold_lors_state_dict, plain_adamixer_model_cfg  # noqa: E402
+from mmdet.registry import MODELS  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('config', help='the AdaMixer+LORS config the checkpoint was trained with')
+    parser.add_argument('checkpoint', help='LORS checkpoint (e.g. work_dirs/.../epoch_12.pth)')
+    parser.add_argument('out', help='output checkpoint with plain per-stage weights')
+    parser.add_argument('--out-config', help='also write the matching plain AdaMixer config here')
+    return parser.parse_args(argv)
+
+
+def _read_state_dict(path: str) -> dict:
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'checkpoint {path!r} does not exist')
+    checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    return checkpoint.get('state_dict', checkpoint)
+
+
+def plain_config(cfg: Config) -> Config:
+    """The full config for the folded checkpoint: ``cfg`` with a plain AdaMixer decoder."""
+    cfg_dict = cfg.to_dict()
+    cfg_dict['model'] = plain_adamixer_model_cfg(cfg_dict['model'])
+    cfg_dict.pop('lors_roi_head', None)  # the LORS delta variable of configs/_base_
+    return Config(cfg_dict)
+
+
+def fold_checkpoint(config: str, checkpoint: str, out: str, out_config: str = None) -> dict:
+    cfg = Config.fromfile(config)
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    model = MODELS.build(cfg.model)  # no init_weights: nothing is downloaded
+    missing, unexpected = model.load_state_dict(_read_state_dict(checkpoint), strict=False)
+    if missing or unexpected:
+        raise KeyError(f'{checkpoint} does not fit {config}: missing {missing[:8]}, '
+                       f'unexpected {unexpected[:8]}')
+    state = fold_lors_state_dict(model)
+    del model
+
+    plain = plain_config(cfg)
+    # the folded weights must load into the plain model exactly (strict)
+    MODELS.build(plain.model).load_state_dict(state, strict=True)
+
+    out_ckpt = dict(
+        meta=dict(source=osp.abspath(checkpoint), lors_config=osp.abspath(config),
+                  folded_lors=True),
+        state_dict=state)
+    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
+    torch.save(out_ckpt, out)
+    if out_config:
+        os.makedirs(osp.dirname(osp.abspath(out_config)), exist_ok=True)
+        plain.dump(out_config)
+    return out_ckpt
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    out = fold_checkpoint(args.config, args.checkpoint, args.out, args.out_config)
+    print(f'saved folded checkpoint ({len(out["state_dict"])} tensors) to {args.out}')
+    if args.out_config:
+        print(f'plain AdaMixer config: {args.out_config}')
+
+
+if __name__ == '__main__':
+    main()
