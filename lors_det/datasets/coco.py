@@ -1,13 +1,33 @@
 # Copyright (c) lors_det authors.
 """COCO detection dataset with explicit, documented handling of bad annotations."""
 import logging
-from typing import List
+import os
+from typing import List, Optional
 
 from mmdet.datasets import CocoDataset
 from mmdet.registry import DATASETS
 from mmengine.logging import print_log
 
-from .checks import dataset_path_problems
+from .checks import _URI, dataset_path_problems
+
+_JPEG_START, _JPEG_END = b'\xff\xd8', b'\xff\xd9'
+
+
+def jpeg_truncation(path: str) -> Optional[str]:
+    """Why the JPEG file ``path`` is truncated, or None (also for files that are no JPEG).
+
+    Reads the first 2 and at most the last 64 KiB: a complete JPEG ends with the end-of-image
+    marker ``FF D9`` (zero padding after it is allowed).
+    """
+    with open(path, 'rb') as f:
+        if f.read(2) != _JPEG_START:
+            return None
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - 65536))
+        tail = f.read().rstrip(b'\x00')
+    if tail.endswith(_JPEG_END):
+        return None
+    return f'{size} bytes without the end-of-image marker FF D9 at the end'
 
 
 @DATASETS.register_module()
@@ -17,7 +37,8 @@ class CheckedCocoDataset(CocoDataset):
     Differences from ``CocoDataset`` (everything else, e.g. ``iscrowd`` -> ignore, is kept):
 
     * Missing ``data_root`` / ``ann_file`` / image folder: ``FileNotFoundError`` saying which
-      key to set, instead of an error from inside pycocotools.
+      key to set, instead of an error from inside pycocotools (when the annotations are
+      loaded: at build time, or at ``full_init()`` with ``lazy_init=True``).
     * Boxes: every ``[x, y, w, h]`` is clipped to the image ``[0, width] x [0, height]``.
       A box whose clipped width or height is below ``min_box_size`` pixels (zero or negative
       size, or entirely outside the image) is dropped, as is an annotation with ``area <= 0``.
@@ -28,19 +49,43 @@ class CheckedCocoDataset(CocoDataset):
       instances after the rule above, not only images without raw annotations. Images
       without annotations are always kept in ``test_mode`` (val/test).
     * An image the pipeline cannot load or transform (corrupt, empty or truncated file)
-      raises ``RuntimeError`` naming the file, chained to the original error.
+      raises ``RuntimeError`` naming the file, chained to the original error. OpenCV decodes a
+      truncated JPEG without an error (it fills in the undecoded rest), so a local JPEG that
+      does not end with the end-of-image marker ``FF D9`` is refused as truncated
+      (``check_jpeg_end=False`` turns this off, e.g. for files with vendor data after the
+      marker).
 
     Args:
-        min_box_size (float): smallest width/height in pixels of a kept box. Defaults to 1.
+        min_box_size (float): smallest width/height in pixels of a kept box, at least 1
+            (``CocoDataset.parse_data_info`` drops boxes under 1 px in any case, so a smaller
+            value would be silently ineffective and is refused). Defaults to 1.
+        check_jpeg_end (bool): refuse local JPEG files without the end-of-image marker.
+            Defaults to True.
     """
 
-    def __init__(self, *args, min_box_size: float = 1.0, **kwargs) -> None:
+    def __init__(self, *args, min_box_size: float = 1.0, check_jpeg_end: bool = True,
+                 **kwargs) -> None:
+        if not min_box_size >= 1:
+            raise ValueError(f'{type(self).__name__}: min_box_size={min_box_size!r} must be >= 1 '
+                             '(mmdet\'s CocoDataset drops boxes narrower or lower than 1 px)')
         self.min_box_size = min_box_size
-        paths = dict(kwargs, ann_file=args[0]) if args else kwargs
-        problems = dataset_path_problems(paths, key='<split>_dataloader.dataset')
-        if problems:
-            raise FileNotFoundError(f'{type(self).__name__}: ' + '\n  '.join(problems))
+        self.check_jpeg_end = check_jpeg_end
+        # the paths as configured (BaseDataset joins them with data_root in place)
+        self._path_cfg = dict(kwargs, ann_file=args[0]) if args else dict(kwargs)
         super().__init__(*args, **kwargs)
+
+    def full_init(self) -> None:
+        """Check the files, then load the annotations.
+
+        Runs in ``__init__`` unless ``lazy_init=True``: ``init_detector`` / ``DetInferencer``
+        build the test dataset lazily only to read its ``metainfo``, which must work on a
+        machine without the dataset.
+        """
+        if not self._fully_initialized:
+            problems = dataset_path_problems(self._path_cfg, key='<split>_dataloader.dataset')
+            if problems:
+                raise FileNotFoundError(f'{type(self).__name__}: ' + '\n  '.join(problems))
+        super().full_init()
 
     def load_data_list(self) -> List[dict]:
         self._clipped, self._dropped = [], []
@@ -78,8 +123,18 @@ class CheckedCocoDataset(CocoDataset):
         raw_data_info = dict(raw_data_info, raw_ann_info=[a for a in anns if a is not None])
         return super().parse_data_info(raw_data_info)
 
+    def _check_image_file(self, img_path: Optional[str]) -> None:
+        if not self.check_jpeg_end or not img_path or self.backend_args \
+                or _URI.match(str(img_path)):
+            return
+        problem = jpeg_truncation(img_path)
+        if problem:
+            raise OSError(f'truncated JPEG: {problem}; if the file is intact, set '
+                          'check_jpeg_end=False in the dataset config')
+
     def prepare_data(self, idx: int):
         try:
+            self._check_image_file(self.get_data_info(idx).get('img_path'))
             return super().prepare_data(idx)
         except Exception as error:
             img_path = self.get_data_info(idx).get('img_path')

@@ -12,10 +12,13 @@ from .digits import DIGITS_CLASSES, ensure_digits_dataset
 class DigitsDetDataset(CheckedCocoDataset):
     """COCO-format handwritten-digits detection data, generated into ``data_root`` on first use.
 
-    Building the dataset calls :func:`~lors_det.datasets.digits.ensure_digits_dataset`, which
-    returns at once when ``data_root`` already holds the data generated with the same
-    ``generator_cfg``. Give the train and val datasets the same ``generator_cfg`` (the demo
-    config shares one variable), otherwise each would regenerate the other's data.
+    Loading the annotations (``full_init``: when the dataset is built, or later with
+    ``lazy_init=True``) first calls :func:`~lors_det.datasets.digits.ensure_digits_dataset`,
+    which returns at once when ``data_root`` already holds the data generated with the same
+    ``generator_cfg``. A lazily built dataset (``init_detector`` / ``DetInferencer`` build one
+    only to read ``metainfo``) writes nothing. Give the train and val datasets the same
+    ``generator_cfg`` (the demo config shares one variable), otherwise each would regenerate
+    the other's data.
 
     Args:
         data_root (str): where the data lives / is generated. Defaults to
@@ -40,5 +43,11 @@ class DigitsDetDataset(CheckedCocoDataset):
                  data_root: str = 'data/digits_det/',
                  generator_cfg: Optional[dict] = None,
                  **kwargs) -> None:
-        ensure_digits_dataset(data_root, **(generator_cfg or {}))
+        self._generator = (data_root, dict(generator_cfg or {}))
         super().__init__(*args, data_root=data_root, **kwargs)
+
+    def full_init(self) -> None:
+        if not self._fully_initialized:
+            data_root, generator_cfg = self._generator
+            ensure_digits_dataset(data_root, **generator_cfg)
+        super().full_init()
