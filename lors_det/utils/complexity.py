@@ -25,9 +25,18 @@ FLOPs (:func:`count_flops`)
     The count is of one inference pass (``predict``, eval mode, no autograd), for the given batch.
     The LORS^T merged out-projection weights (``W + B A``, computed once per checkpoint and cached
     in eval mode) are computed *before* counting, so they are not counted per image.
+
+Per module and per role (:func:`count_module_flops`, :func:`count_flops_detailed`)
+    ``count_module_flops`` records, for every submodule, the FLOPs counted while it runs
+    (*inclusive*) and those not inside a module it calls (*exclusive*), along the call tree (a
+    LORS stage mixer calls the decoder's shared stack, which is not its child module; the stack's
+    FLOPs are still its callee's). The exclusive FLOPs of a mixer are its functional products:
+    ``x @ M`` and ``S @ x`` with the generated matrices, and the LORS residual products.
+    :func:`decoder_flops_by_role` groups the decoder's FLOPs into attention, sampling offsets,
+    mixing generator, mixing products, mixing output projection, FFN and heads.
 """
-from collections import Counter
-from typing import Callable, Dict, Tuple
+from collections import Counter, defaultdict
+from typing import Callable, Dict, List, Tuple
 
 import torch
 import torch.nn as nn
@@ -110,27 +119,121 @@ def count_flops(model: nn.Module, batch_inputs: torch.Tensor,
     The model runs in eval mode under ``torch.no_grad()``; its train/eval flags are restored
     afterwards. See the module docstring for what is counted.
     """
+    return count_flops_detailed(model, batch_inputs, batch_data_samples)['parts']
+
+
+def count_module_flops(root: nn.Module, fn: Callable, *args,
+                       **kwargs) -> Tuple[Dict[str, int], Dict[str, int], int, object]:
+    """``(inclusive, exclusive, total, result)`` of ``fn(*args, **kwargs)``.
+
+    ``inclusive[name]`` / ``exclusive[name]``: FLOPs (2 x MACs) counted while the submodule
+    ``name`` of ``root`` (its ``named_modules()`` name, ``''`` for ``root``) runs, summed over its
+    calls; exclusive leaves out what runs inside the modules it calls (the dynamic call tree, so a
+    module called through a plain attribute counts as the callee of its caller). ``total`` is
+    every FLOP of ``fn``, also those outside any module call (e.g. in a ``predict`` method), so
+    ``sum(exclusive.values()) <= total``. Modules that never ran are absent. Only modules called
+    through ``__call__`` are seen (forward hooks). As :func:`count_fn_flops`, no mode switch and
+    no ``no_grad``.
+    """
+    names = {}
+    for name, module in root.named_modules():
+        names.setdefault(module, name)
+    inclusive, exclusive = defaultdict(int), defaultdict(int)
+    frames: List[list] = []  # [name, FLOPs at entry, FLOPs of its callees]
+
+    with FlopCounterMode(display=False) as counter:
+
+        def enter(module, _):
+            frames.append([names[module], counter.get_total_flops(), 0])
+
+        def leave(module, _, __):
+            name, start, callees = frames.pop()
+            spent = counter.get_total_flops() - start
+            inclusive[name] += spent
+            exclusive[name] += spent - callees
+            if frames:
+                frames[-1][2] += spent
+
+        handles = []
+        for module in names:
+            handles.append(module.register_forward_pre_hook(enter))
+            handles.append(module.register_forward_hook(leave, always_call=True))
+        try:
+            result = fn(*args, **kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        total = counter.get_total_flops()
+    return dict(inclusive), dict(exclusive), total, result
+
+
+# Roles of the decoder's FLOPs, by the segments of a module's name (first match wins; the
+# exclusive FLOPs of the mixers themselves, ``adaptive_mixing`` / ``lors_mixing``, are the
+# products with the per-query generated matrices and the LORS residuals).
+DECODER_ROLES = (
+    ('attention', ('attention',)),
+    ('sampling_offsets', ('sampling_offset_generator',)),
+    ('mixing_generator', ('parameter_generator', 'core_generators')),
+    ('mixing_out_proj', ('out_proj',)),
+    ('mixing_products', ('adaptive_mixing', 'lors_mixing')),
+    ('ffn', ('ffn',)),
+    ('heads', ('cls_fcs', 'reg_fcs', 'fc_cls', 'fc_reg')),
+)
+
+
+def decoder_flops_by_role(exclusive: Dict[str, int], total: int) -> Dict[str, int]:
+    """Group a decoder's exclusive FLOPs (:func:`count_module_flops` on ``roi_head``) by role.
+
+    Keys: the roles of :data:`DECODER_ROLES` and ``other`` (``total`` minus the rest: FLOPs of
+    modules with no role and outside any module; 0 for AdaMixer / LORS decoders, whose
+    box decoding and sampling have no matrix products). Their sum is ``total``.
+    """
+    roles = {role: 0 for role, _ in DECODER_ROLES}
+    for name, flops in exclusive.items():
+        segments = set(name.split('.'))
+        for role, markers in DECODER_ROLES:
+            if segments.intersection(markers):
+                roles[role] += flops
+                break
+    roles['other'] = total - sum(roles.values())
+    return roles
+
+
+def count_flops_detailed(model: nn.Module, batch_inputs: torch.Tensor,
+                         batch_data_samples: list) -> Dict[str, dict]:
+    """FLOPs by part (what :func:`count_flops` returns) plus the decoder by role and by stage.
+
+    Returns ``dict(parts=..., decoder_roles=..., decoder_stages=[...])``: ``parts`` is
+    :func:`count_flops`'s dict (same arguments, same eval-mode pass); ``decoder_roles`` is
+    :func:`decoder_flops_by_role` of the decoder (sums to ``parts['decoder']``);
+    ``decoder_stages[i]`` the FLOPs of ``roi_head.bbox_head[i]`` (inclusive, along the call
+    tree: a LORS stage includes its use of the shared stack).
+    """
     for attr in ('backbone', 'rpn_head', 'roi_head'):
         if getattr(model, attr, None) is None:
-            raise TypeError(f'count_flops needs a detector with backbone, rpn_head and roi_head; '
-                            f'{type(model).__name__} has no {attr}')
+            raise TypeError(f'counting FLOPs by part needs a detector with backbone, rpn_head '
+                            f'and roi_head; {type(model).__name__} has no {attr}')
     modes = {module: module.training for module in model.modules()}
     model.eval()
     try:
         with torch.no_grad():
             _prime_static_merges(model)
-            counts = {}
-            counts['backbone'], x = count_fn_flops(model.backbone, batch_inputs)
+            parts = {}
+            parts['backbone'], x = count_fn_flops(model.backbone, batch_inputs)
             if getattr(model, 'neck', None) is not None:
-                counts['neck'], x = count_fn_flops(model.neck, x)
+                parts['neck'], x = count_fn_flops(model.neck, x)
             else:
-                counts['neck'] = 0
-            counts['query_generator'], rpn_results = count_fn_flops(
+                parts['neck'] = 0
+            parts['query_generator'], rpn_results = count_fn_flops(
                 model.rpn_head.predict, x, batch_data_samples, rescale=False)
-            counts['decoder'], _ = count_fn_flops(
-                model.roi_head.predict, x, rpn_results, batch_data_samples, rescale=False)
+            inclusive, exclusive, parts['decoder'], _ = count_module_flops(
+                model.roi_head, model.roi_head.predict, x, rpn_results, batch_data_samples,
+                rescale=False)
     finally:
         for module, mode in modes.items():
             module.training = mode
-    counts['total'] = sum(counts[key] for key, _ in PARTS)
-    return counts
+    parts['total'] = sum(parts[key] for key, _ in PARTS)
+    stages = getattr(model.roi_head, 'bbox_head', None)
+    num_stages = len(stages) if isinstance(stages, nn.ModuleList) else 0
+    return dict(parts=parts, decoder_roles=decoder_flops_by_role(exclusive, parts['decoder']),
+                decoder_stages=[inclusive.get(f'bbox_head.{i}', 0) for i in range(num_stages)])
