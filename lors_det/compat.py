@@ -4,13 +4,15 @@
    ``torch.load`` without the flag, so its own checkpoints are refused on ``resume`` /
    ``load_checkpoint``. We allow-list exactly the globals those checkpoints contain instead of
    switching the safety off (``get_unsafe_globals_in_checkpoint`` on a checkpoint saved by
-   ``CheckpointHook`` lists them; tests/data/test_compat.py keeps the list honest):
+   ``CheckpointHook`` lists them, except the dtype classes, which the unpickler checks when it
+   sets a dtype's state rather than as named globals; tests/tools/test_checkpoint_allowlist.py
+   keeps the list honest: every entry needed, nothing else accepted):
 
    * the message hub's ``HistoryBuffer`` objects (``log_scalars``);
    * inside them, numpy arrays: ``numpy.core.multiarray._reconstruct``, ``numpy.ndarray``,
      ``numpy.dtype`` and, since numpy 1.25 builds dtypes as instances of per-type classes,
      ``numpy.dtypes.Float64DType`` (logged values) and ``numpy.dtypes.Int64DType`` (counts);
-     ``numpy.core.multiarray.scalar`` for numpy scalars (e.g. a ``best_score``);
+     ``numpy.core.multiarray.scalar`` for numpy scalars (the message hub's ``eta``);
    * ``builtins.getattr``: ``HistoryBuffer.__getstate__`` stores its statistics methods
      (``HistoryBuffer.min`` ...), which pickle protocol 2 writes as
      ``getattr(HistoryBuffer, 'min')``. The weights-only unpickler still refuses to *call*

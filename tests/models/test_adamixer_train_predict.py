@@ -104,10 +104,10 @@ def test_gradients_reach_every_trainable_parameter():
     missing = []
     for name, param in model.named_parameters():
         if not param.requires_grad:
-            assert name.startswith(('backbone.conv1', 'backbone.bn1', 'backbone.layer1')), name
-            continue
-        if name == 'rpn_head.init_proposal_bboxes.weight':
-            assert param.grad is None  # the initial boxes are detached (not learnable)
+            # frozen stem/stage 1, and the initial boxes (detached, so not learnable)
+            assert name.startswith(('backbone.conv1', 'backbone.bn1', 'backbone.layer1')) \
+                or name == 'rpn_head.init_proposal_bboxes.weight', name
+            assert param.grad is None, name
             continue
         grad = param.grad
         if grad is None or not torch.isfinite(grad).all() or grad.abs().sum() == 0:

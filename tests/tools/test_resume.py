@@ -1,0 +1,162 @@
+"""``tools/train.py --resume`` after a crash continues exactly where the run stopped.
+
+Three runs of ``tools/train.py`` in subprocesses, as a user runs them, on the tiny digits config
+(3 epochs x 2 iterations, deterministic: no shuffling, augmentation or dropout, fixed seed):
+
+* ``full``: 3 epochs uninterrupted;
+* ``crashed``: the same config plus ``InterruptAfterEpochHook(epoch=1)``, which raises after
+  the epoch-1 checkpoint is written (the process exits with an error);
+* ``resumed``: ``--resume`` (no path: the latest checkpoint of the work dir) in the crashed
+  run's work dir with the original config, training epochs 2 and 3.
+
+The schedule makes a resumed run depend on every piece of restored state: the iteration-based
+linear warmup ends in the 2nd epoch (iterations 0-3), so the LinearLR state must come back; the
+epoch-based MultiStepLR halves the lr at epochs 1 and 2, one milestone before and one after the
+crash; SGD momentum carries the gradient history; the message hub carries the iteration count.
+
+Loading the checkpoints (``Runner.resume`` and this test) goes through torch >= 2.6's
+``weights_only`` ``torch.load``, i.e. the lors_det allow-list (``lors_det/compat.py``).
+"""
+import json
+import os
+import os.path as osp
+
+import numpy as np
+import pytest
+import torch
+
+from lors_det.datasets.digits import ensure_digits_dataset
+
+from _tools_helpers import (CPU_ONLY, TINY_DIGITS, run_tool, scalars, subprocess_env,
+                            write_tiny_config)
+
+EPOCHS = 3
+CRASH_AFTER = 1
+ITERS_PER_EPOCH = TINY_DIGITS['num_train'] // 4
+SCHEDULE = """
+custom_hooks = [dict(type='RecordRankLossesHook')]
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.25, by_epoch=False, begin=0, end=4),
+    dict(type='MultiStepLR', milestones=[1, 2], gamma=0.5, by_epoch=True, begin=0, end=100)
+]
+"""
+CRASH = f"""
+custom_hooks = [dict(type='RecordRankLossesHook'),
+                dict(type='InterruptAfterEpochHook', epoch={CRASH_AFTER})]
+"""
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp('resume')
+    data_root = str(root / 'digits') + '/'
+    ensure_digits_dataset(data_root, **TINY_DIGITS)
+    cfg = write_tiny_config(str(root / 'tiny.py'), data_root, max_epochs=EPOCHS, extra=SCHEDULE)
+    crash_cfg = str(root / 'tiny_crash.py')
+    with open(crash_cfg, 'w') as f:
+        f.write(f"_base_ = [{cfg!r}]\n{CRASH}")
+    full_dir, crash_dir = str(root / 'full'), str(root / 'crash')
+
+    env = subprocess_env(**CPU_ONLY)  # bit-exact repeatability: CPU kernels
+    run_tool(['tools/train.py', cfg, '--work-dir', full_dir], env=env)
+    crashed = run_tool(['tools/train.py', crash_cfg, '--work-dir', crash_dir], env=env,
+                       check=False)
+    crash_files = sorted(os.listdir(crash_dir))
+    resumed = run_tool(['tools/train.py', cfg, '--work-dir', crash_dir, '--resume'], env=env)
+    return dict(full_dir=full_dir, crash_dir=crash_dir, crashed=crashed,
+                crash_files=crash_files, resumed_log=resumed.stdout + resumed.stderr)
+
+
+def load(work_dir, epoch):
+    # weights_only load (the torch >= 2.6 default) relies on the lors_det allow-list
+    return torch.load(osp.join(work_dir, f'epoch_{epoch}.pth'), map_location='cpu',
+                      weights_only=True)
+
+
+def test_crash_then_resume_from_latest_checkpoint(runs):
+    crashed = runs['crashed']
+    assert crashed.returncode != 0
+    assert f'Interrupted: interrupted after epoch {CRASH_AFTER}' in crashed.stderr
+    ckpts = [f for f in runs['crash_files'] if f.endswith('.pth')]
+    assert ckpts == [f'epoch_{CRASH_AFTER}.pth']
+    # Runner.resume logs where it continues
+    assert f'resumed epoch: {CRASH_AFTER}, iter: {CRASH_AFTER * ITERS_PER_EPOCH}' in \
+        runs['resumed_log']
+
+
+def test_resumed_iterations_losses_and_lrs_equal_uninterrupted(runs):
+    full = read_jsonl(osp.join(runs['full_dir'], 'losses_rank0.jsonl'))
+    split = read_jsonl(osp.join(runs['crash_dir'], 'losses_rank0.jsonl'))
+    n = EPOCHS * ITERS_PER_EPOCH
+    assert [r['iter'] for r in full] == [r['iter'] for r in split] == list(range(n))
+    for a, b in zip(full, split):
+        assert a['img_ids'] == b['img_ids']
+        for k in a:
+            if 'loss' in k:
+                assert b[k] == pytest.approx(a[k], rel=1e-6, abs=1e-7), (a['iter'], k)
+    # the lr of every iteration, logged by LoggerHook (train records only: they have 'lr')
+    lrs = {work_dir: {rec['iter']: rec['lr'] for rec in scalars(work_dir) if 'lr' in rec}
+           for work_dir in (runs['full_dir'], runs['crash_dir'])}
+    # LoggerHook's 'iter' counts from 1. LinearLR(begin=0, end=4) goes 0.25 -> 1 in 3 steps
+    # (iterations 0-3), MultiStepLR halves at epochs 1 and 2
+    base = 0.02
+    expected = [base * (0.25 + 0.75 * min(i, 3) / 3) * 0.5 ** (i // ITERS_PER_EPOCH)
+                for i in range(n)]
+    for work_dir in lrs:
+        got = [lrs[work_dir][i + 1] for i in range(n)]
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_resumed_final_state_equals_uninterrupted(runs):
+    full, resumed = load(runs['full_dir'], EPOCHS), load(runs['crash_dir'], EPOCHS)
+    before_crash = load(runs['crash_dir'], CRASH_AFTER)
+
+    sd_full, sd_res = full['state_dict'], resumed['state_dict']
+    assert sd_full.keys() == sd_res.keys()
+    diff = max((sd_full[k].double() - sd_res[k].double()).abs().max().item() for k in sd_full)
+    moved = max((sd_full[k].double() - before_crash['state_dict'][k].double()).abs().max().item()
+                for k in sd_full)
+    print(f'final weights: resumed vs uninterrupted max abs diff {diff:.2e}; '
+          f'training after the crash moved them by up to {moved:.2e}')
+    assert moved > 1e-3 and diff <= 1e-6
+
+    # optimizer: SGD momentum buffers and the param groups' lr
+    opt_full, opt_res = full['optimizer'], resumed['optimizer']
+    assert opt_full['state'].keys() == opt_res['state'].keys() and len(opt_full['state']) > 0
+    mom = max((opt_full['state'][i]['momentum_buffer'] -
+               opt_res['state'][i]['momentum_buffer']).abs().max().item()
+              for i in opt_full['state'])
+    print(f'momentum buffers: max abs diff {mom:.2e}')
+    assert mom <= 1e-6
+    for g_full, g_res in zip(opt_full['param_groups'], opt_res['param_groups']):
+        assert g_res['lr'] == pytest.approx(g_full['lr'], rel=1e-9)
+        assert g_res['initial_lr'] == g_full['initial_lr']
+
+    # lr schedulers: every field of their state (last_step, milestones, _last_lr, ...)
+    assert len(full['param_schedulers']) == len(resumed['param_schedulers']) == 2
+    for s_full, s_res in zip(full['param_schedulers'], resumed['param_schedulers']):
+        assert s_full.keys() == s_res.keys()
+        for k in s_full:
+            assert s_res[k] == s_full[k], k
+    # steps taken: one per iteration (LinearLR) and one per epoch (MultiStepLR)
+    assert [s['_global_step'] for s in full['param_schedulers']] == [
+        EPOCHS * ITERS_PER_EPOCH, EPOCHS]
+
+    # message hub and checkpoint meta: the iteration / epoch counters
+    info_full = full['message_hub']['runtime_info']
+    info_res = resumed['message_hub']['runtime_info']
+    for k in ('iter', 'epoch', 'max_iters', 'max_epochs'):
+        assert info_res[k] == info_full[k], k
+    assert info_full['iter'] == EPOCHS * ITERS_PER_EPOCH - 1  # the last iteration's index
+    assert resumed['meta']['epoch'] == full['meta']['epoch'] == EPOCHS
+    assert resumed['meta']['iter'] == full['meta']['iter'] == EPOCHS * ITERS_PER_EPOCH
+    # the logged training losses restored into the message hub before the crash come back
+    hub_full, hub_res = full['message_hub']['log_scalars'], resumed['message_hub']['log_scalars']
+    for k in hub_full:
+        if 'loss' in k:
+            np.testing.assert_allclose(hub_res[k].data[0], hub_full[k].data[0], rtol=1e-6)
