@@ -154,17 +154,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def read_jsonl(path: str) -> list:
+    """The records of a JSON-lines file (one JSON object a line)."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def scalars(work_dir: str) -> list:
     """The records of the ``<timestamp>/vis_data/scalars.json`` files under ``work_dir``, oldest
     run first (a resumed run logs into a new timestamp folder of the same work dir)."""
     found = sorted(osp.join(root, 'scalars.json') for root, _, files in os.walk(work_dir)
                    if 'scalars.json' in files)
     assert found, f'no scalars.json under {work_dir}'
-    records = []
-    for path in found:
-        with open(path) as f:
-            records += [json.loads(line) for line in f if line.strip()]
-    return records
+    return [record for path in found for record in read_jsonl(path)]
 
 
 @HOOKS.register_module()

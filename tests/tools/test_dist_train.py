@@ -39,7 +39,7 @@ from mmengine.runner import load_checkpoint
 
 from lors_det.datasets.digits import ensure_digits_dataset
 
-from _tools_helpers import (CPU_ONLY, TINY_DIGITS, free_port, run_tool, subprocess_env,
+from _tools_helpers import (CPU_ONLY, TINY_DIGITS, read_jsonl, free_port, run_tool, subprocess_env,
                             write_tiny_config)
 
 EPOCHS = 2
@@ -48,11 +48,6 @@ EPOCHS = 2
 DIGITS = dict(TINY_DIGITS, seed=5)
 ITERS_PER_EPOCH = TINY_DIGITS['num_train'] // 4  # global batch 4
 HOOKS = "custom_hooks = [dict(type='RecordRankLossesHook')]"
-
-
-def read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 @pytest.fixture(scope='module')

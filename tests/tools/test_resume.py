@@ -17,7 +17,6 @@ crash; SGD momentum carries the gradient history; the message hub carries the it
 Loading the checkpoints (``Runner.resume`` and this test) goes through torch >= 2.6's
 ``weights_only`` ``torch.load``, i.e. the lors_det allow-list (``lors_det/compat.py``).
 """
-import json
 import os
 import os.path as osp
 
@@ -27,7 +26,7 @@ import torch
 
 from lors_det.datasets.digits import ensure_digits_dataset
 
-from _tools_helpers import (CPU_ONLY, TINY_DIGITS, run_tool, scalars, subprocess_env,
+from _tools_helpers import (CPU_ONLY, TINY_DIGITS, read_jsonl, run_tool, scalars, subprocess_env,
                             write_tiny_config)
 
 EPOCHS = 3
@@ -44,11 +43,6 @@ CRASH = f"""
 custom_hooks = [dict(type='RecordRankLossesHook'),
                 dict(type='InterruptAfterEpochHook', epoch={CRASH_AFTER})]
 """
-
-
-def read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 @pytest.fixture(scope='module')

@@ -8,6 +8,8 @@
 * :func:`dummy_batch`: a preprocessed batch of synthetic images of a given size, i.e. what
   the test dataloader + the model's ``data_preprocessor`` give for images of that size.
 """
+import json
+import os
 import os.path as osp
 import sys
 from typing import Optional, Sequence, Tuple
@@ -96,3 +98,10 @@ def dummy_batch(model: torch.nn.Module, shape: Tuple[int, int], batch_size: int 
             if key not in sample.metainfo:  # a preprocessor that does not pad
                 sample.set_metainfo({key: padded})
     return data
+
+
+def write_json(path: str, report: dict) -> None:
+    """Write a tool's ``report`` to ``path`` (``--out-json``), creating its folder."""
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    with open(path, 'w') as f:
+        json.dump(report, f, indent=2)

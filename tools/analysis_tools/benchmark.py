@@ -20,8 +20,6 @@ run time depends on the predictions (e.g. NMS) then time differently. ``--thread
 """
 import argparse
 import itertools
-import json
-import os
 import os.path as osp
 import statistics
 import sys
@@ -29,7 +27,7 @@ import time
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from analysis_utils import (CFG_OPTIONS_HELP, build_detector, load_config,  # noqa: E402
-                            parse_shape, synthetic_batch)
+                            parse_shape, synthetic_batch, write_json)
 
 import torch  # noqa: E402
 from mmengine.config import DictAction  # noqa: E402
@@ -161,9 +159,7 @@ def main(argv=None) -> dict:
     result = benchmark(cfg, args)
     print(format_report(result))
     if args.out_json:
-        os.makedirs(osp.dirname(osp.abspath(args.out_json)), exist_ok=True)
-        with open(args.out_json, 'w') as f:
-            json.dump(result, f, indent=2)
+        write_json(args.out_json, result)
     return result
 
 

@@ -28,14 +28,12 @@ Weights do not change the counts; ``--checkpoint`` only checks that a checkpoint
 (loaded strictly). The backbone's pretrained weights are never downloaded.
 """
 import argparse
-import json
-import os
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from analysis_utils import (CFG_OPTIONS_HELP, build_detector, dummy_batch,  # noqa: E402
-                            load_config, parse_shape)
+                            load_config, parse_shape, write_json)
 
 from mmengine.config import DictAction  # noqa: E402
 
@@ -150,9 +148,7 @@ def main(argv=None) -> dict:
     report = analyze(cfg, args.shape, args.batch_size, args.checkpoint)
     print(format_report(report))
     if args.out_json:
-        os.makedirs(osp.dirname(osp.abspath(args.out_json)), exist_ok=True)
-        with open(args.out_json, 'w') as f:
-            json.dump(report, f, indent=2)
+        write_json(args.out_json, report)
     return report
 
 
