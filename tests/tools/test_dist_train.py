@@ -1,4 +1,5 @@
-"""``tools/dist_train.sh`` on CPU: 2 gloo ranks x batch 2 train exactly like 1 process x batch 4.
+"""``tools/dist_train.sh`` on CPU: 2 gloo ranks x batch 2 train exactly like 1 process x batch 4
+(and ``tools/dist_test.sh`` evaluates like ``tools/test.py``).
 
 Why the two runs must agree, and what is compared
 -------------------------------------------------
@@ -24,11 +25,13 @@ SyncBN question); no dropout or random augmentation; both runs start from the sa
 
 The test checks (1) the image ids of every iteration, (2) per-iteration losses: rank mean vs
 1-process, (3) the 2-rank checkpoint (saved by rank 0, no ``module.`` prefix) loads strictly
-into a model built in this process and equals the 1-process run's weights and SGD momentum.
+into a model built in this process and equals the 1-process run's weights and SGD momentum,
+(4) ``tools/dist_test.sh`` with 2 ranks gives the predictions and COCO AP of ``tools/test.py``.
 """
 import json
 import os
 import os.path as osp
+import pickle
 import time
 
 import pytest
@@ -168,3 +171,40 @@ def test_two_rank_checkpoint_loads_in_one_process_and_equals_single_run(runs):
                    for i, s in single_state.items())
     print(f'momentum buffers: max abs diff {mom_diff:.2e}')
     assert mom_diff < 1e-4
+
+
+def _load_predictions(path):
+    with open(path, 'rb') as f:
+        return pickle.load(f)
+
+
+def _copypaste_ap(output: str) -> list:
+    lines = [line for line in output.splitlines() if 'bbox_mAP_copypaste:' in line]
+    assert len(lines) == 1, output[-3000:]
+    return [float(v) for v in lines[0].split('bbox_mAP_copypaste:')[1].split()]
+
+
+def test_dist_test_matches_single_process_evaluation(runs, tmp_path):
+    """``tools/dist_test.sh`` with 2 gloo ranks: each rank predicts half of the val images;
+    mmengine gathers them in dataset order before CocoMetric, so the predictions and the AP
+    must equal a 1-process ``tools/test.py`` of the same checkpoint."""
+    ckpt = osp.join(runs['single_dir'], f'epoch_{EPOCHS}.pth')
+    outs = {name: str(tmp_path / f'{name}.pkl') for name in ('dist', 'single')}
+    dist = run_tool(['bash', 'tools/dist_test.sh', runs['single_cfg'], ckpt, '2',
+                     '--work-dir', str(tmp_path / 'dist'), '--out', outs['dist']],
+                    env=subprocess_env(PORT=str(free_port()), **CPU_ONLY))
+    single = run_tool(['tools/test.py', runs['single_cfg'], ckpt, '--work-dir',
+                       str(tmp_path / 'single'), '--out', outs['single']],
+                      env=subprocess_env(**CPU_ONLY))
+
+    dist_pred, single_pred = (_load_predictions(outs[n]) for n in ('dist', 'single'))
+    num_val = TINY_DIGITS['num_val']
+    assert len(dist_pred) == len(single_pred) == num_val
+    assert [p['img_id'] for p in dist_pred] == [p['img_id'] for p in single_pred]
+    for d, s in zip(dist_pred, single_pred):
+        for key in ('bboxes', 'scores', 'labels'):
+            torch.testing.assert_close(d['pred_instances'][key], s['pred_instances'][key],
+                                       rtol=1e-5, atol=1e-4)
+    ap_dist = _copypaste_ap(dist.stdout + dist.stderr)
+    ap_single = _copypaste_ap(single.stdout + single.stderr)
+    assert ap_dist == pytest.approx(ap_single, abs=1e-3)
