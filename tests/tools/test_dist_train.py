@@ -73,7 +73,7 @@ def runs(tmp_path_factory):
              env=subprocess_env(**CPU_ONLY))
     single_s = time.time() - start
     print(f'2-rank run {dist_s:.1f} s, 1-rank run {single_s:.1f} s')
-    return dict(dist_dir=dist_dir, single_dir=single_dir, single_cfg=single_cfg,
+    return dict(dist_dir=dist_dir, single_dir=single_dir, single_cfg=single_cfg, dist_cfg=dist_cfg,
                 data_root=data_root, dist_log=proc.stdout + proc.stderr)
 
 
@@ -140,6 +140,11 @@ def test_rank_mean_loss_equals_single_process_loss(runs):
     assert local_worst > 100 * max(worst, 1e-6)
 
 
+def _max_weight_diff(state_dict, other) -> float:
+    assert state_dict.keys() == other.keys()
+    return max((state_dict[k].double() - v.double()).abs().max().item() for k, v in other.items())
+
+
 def test_two_rank_checkpoint_loads_in_one_process_and_equals_single_run(runs):
     cfg = Config.fromfile(runs['single_cfg'])
     model = MODELS.build(cfg.model)
@@ -151,10 +156,7 @@ def test_two_rank_checkpoint_loads_in_one_process_and_equals_single_run(runs):
     single = torch.load(osp.join(runs['single_dir'], f'epoch_{EPOCHS}.pth'), map_location='cpu')
     previous = torch.load(osp.join(runs['single_dir'], f'epoch_{EPOCHS - 1}.pth'),
                           map_location='cpu')
-    loaded = model.state_dict()
-    assert loaded.keys() == single['state_dict'].keys()
-    diff = max((loaded[k].double() - v.double()).abs().max().item()
-               for k, v in single['state_dict'].items())
+    diff = _max_weight_diff(model.state_dict(), single['state_dict'])
     # what the last epoch of training changed: the runs' disagreement must be far smaller
     moved = max((v.double() - previous['state_dict'][k].double()).abs().max().item()
                 for k, v in single['state_dict'].items())
@@ -208,3 +210,29 @@ def test_dist_test_matches_single_process_evaluation(runs, tmp_path):
     ap_dist = _copypaste_ap(dist.stdout + dist.stderr)
     ap_single = _copypaste_ap(single.stdout + single.stderr)
     assert ap_dist == pytest.approx(ap_single, abs=1e-3)
+
+
+def test_slurm_train_runs_two_ranks_like_dist_train(runs, tmp_path):
+    """``tools/slurm_train.sh`` under a stand-in ``srun`` (tests/tools/fake_slurm/srun: starts
+    --ntasks copies with srun's variables) trains 2 gloo ranks like ``dist_train.sh``."""
+    work_dir, srun_log = str(tmp_path / 'slurm'), str(tmp_path / 'srun_args.txt')
+    env = subprocess_env(**CPU_ONLY, GPUS='2', GPUS_PER_NODE='2', CPUS_PER_TASK='1',
+                         MASTER_PORT=str(free_port()), FAKE_SRUN_LOG=srun_log)
+    env['PATH'] = osp.join(osp.dirname(osp.abspath(__file__)), 'fake_slurm') + os.pathsep + \
+        env['PATH']
+    run_tool(['bash', 'tools/slurm_train.sh', 'cpu_partition', 'lors_det_test',
+              runs['dist_cfg'], work_dir], env=env)
+
+    with open(srun_log) as f:
+        srun_args = f.read().split('\n')
+    for expected in ('-p', 'cpu_partition', '--job-name=lors_det_test', '--ntasks=2',
+                     '--ntasks-per-node=2', '--launcher=slurm', f'--work-dir={work_dir}',
+                     runs['dist_cfg']):
+        assert expected in srun_args, (expected, srun_args)
+    assert sorted(f for f in os.listdir(work_dir) if f.startswith('losses_rank')) == [
+        'losses_rank0.jsonl', 'losses_rank1.jsonl']
+    slurm = torch.load(osp.join(work_dir, f'epoch_{EPOCHS}.pth'), map_location='cpu')
+    torchrun = torch.load(osp.join(runs['dist_dir'], f'epoch_{EPOCHS}.pth'), map_location='cpu')
+    diff = _max_weight_diff(slurm['state_dict'], torchrun['state_dict'])
+    print(f'slurm vs torchrun 2-rank weights: max abs diff {diff:.2e}')
+    assert diff < 1e-6
