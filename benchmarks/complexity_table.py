@@ -27,21 +27,13 @@ def default_configs() -> list:
     return found
 
 
-def trainable_parameters(cfg) -> int:
-    """Parameters that get gradients: frozen backbone stages and adapters' frozen bases excluded."""
-    from analysis_utils import build_detector
-    model = build_detector(cfg)
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 def row(path: str, shape) -> str:
-    cfg = load_config(path)
-    report = analyze(cfg, shape)
+    report = analyze(load_config(path), shape)
     params, macs = report['params'], report['macs']
     name = osp.relpath(path, REPO_ROOT).replace('configs/', '', 1)
     return (f'| `{name}` | {report["num_queries"]} | {params["total"] / 1e6:.2f} | '
             f'{params["decoder"] / 1e6:.2f} ({params["decoder_shared"] / 1e6:.2f} / '
-            f'{params["decoder_private"] / 1e6:.2f}) | {trainable_parameters(cfg) / 1e6:.2f} | '
+            f'{params["decoder_private"] / 1e6:.2f}) | {report["trainable_params"] / 1e6:.2f} | '
             f'{macs["backbone"] / 1e9:.1f} | {macs["decoder"] / 1e9:.2f} | '
             f'{macs["total"] / 1e9:.1f} |')
 

@@ -59,9 +59,10 @@ def register_checkpoint_safe_globals() -> None:
     add(checkpoint_safe_globals())
 
 
-def _slurm_env_to_torch_env() -> None:
+def _slurm_env_to_torch_env(port=None) -> None:
     """Set RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT from srun's variables, as
-    mmengine's slurm ``init_dist`` does (an existing MASTER_ADDR / MASTER_PORT is kept)."""
+    mmengine's slurm ``init_dist`` does: ``port`` (``env_cfg.dist_cfg.port``) wins over an
+    existing MASTER_PORT, default 29500; an existing MASTER_ADDR is kept."""
     import subprocess
     for key in ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST'):
         if key not in os.environ:
@@ -70,6 +71,8 @@ def _slurm_env_to_torch_env() -> None:
     os.environ['RANK'] = os.environ['SLURM_PROCID']
     os.environ['WORLD_SIZE'] = os.environ['SLURM_NTASKS']
     os.environ['LOCAL_RANK'] = os.environ.get('SLURM_LOCALID', '0')
+    if port is not None:
+        os.environ['MASTER_PORT'] = str(port)
     os.environ.setdefault('MASTER_PORT', '29500')
     if 'MASTER_ADDR' not in os.environ:
         nodes = os.environ['SLURM_NODELIST']
@@ -104,7 +107,7 @@ def adapt_distributed_to_device(cfg, launcher: str) -> None:
     if dist.is_initialized():
         return
     if launcher == 'slurm':
-        _slurm_env_to_torch_env()
+        _slurm_env_to_torch_env(dist_cfg.get('port'))
     kwargs = {k: v for k, v in dist_cfg.items()
               if k not in ('backend', 'init_backend', 'port')}
     if 'timeout' in kwargs and not hasattr(kwargs['timeout'], 'total_seconds'):

@@ -133,11 +133,11 @@ class CheckedCocoDataset(CocoDataset):
                           'check_jpeg_end=False in the dataset config')
 
     def prepare_data(self, idx: int):
+        img_path = self.get_data_info(idx).get('img_path')
         try:
-            self._check_image_file(self.get_data_info(idx).get('img_path'))
+            self._check_image_file(img_path)
             return super().prepare_data(idx)
         except Exception as error:
-            img_path = self.get_data_info(idx).get('img_path')
             raise RuntimeError(f'{type(self).__name__}: failed to load/transform image '
                                f'{img_path!r} (index {idx} of {self.ann_file!r}): '
                                f'{type(error).__name__}: {error}') from error

@@ -110,6 +110,8 @@ def test_tiny_adamixer_flops_and_params_by_part(tiny_cfg_path, tmp_path, capsys)
     assert params['decoder_private'] == params['decoder']
     assert params['total'] == sum(params[k] for k in ('backbone', 'neck', 'query_generator',
                                                       'decoder'))
+    # no frozen backbone stage in the tiny config: only the detached initial boxes are frozen
+    assert report['trainable_params'] == params['total'] - t['queries'] * 4
     printed = capsys.readouterr().out
     assert f'{params["total"]:,}' in printed and f'{params["decoder"]:,}' in printed
     assert 'input: 2 x 3 x 64 x 80 (padded to 64 x 96), 5 queries' in printed

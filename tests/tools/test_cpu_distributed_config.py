@@ -44,13 +44,30 @@ def test_slurm_without_srun_variables_names_the_missing_one(monkeypatch):
         _slurm_env_to_torch_env()
 
 
+def _forget_torch_env(monkeypatch):
+    """Unset the variables that ``_slurm_env_to_torch_env`` writes, so that monkeypatch
+    removes them again after the test (``delenv`` of an unset variable records nothing)."""
+    for key in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_PORT'):
+        monkeypatch.setenv(key, '')
+        monkeypatch.delenv(key)
+
+
 def test_slurm_variables_become_torch_variables(monkeypatch):
     for key, value in dict(SLURM_PROCID='3', SLURM_NTASKS='8', SLURM_LOCALID='1',
                            SLURM_NODELIST='node[1-2]', MASTER_ADDR='node1').items():
         monkeypatch.setenv(key, value)
-    for key in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_PORT'):
-        monkeypatch.delenv(key, raising=False)
+    _forget_torch_env(monkeypatch)
     _slurm_env_to_torch_env()
     assert (os.environ['RANK'], os.environ['WORLD_SIZE'], os.environ['LOCAL_RANK'],
             os.environ['MASTER_ADDR'], os.environ['MASTER_PORT']) == \
         ('3', '8', '1', 'node1', '29500')
+
+
+def test_slurm_dist_cfg_port_wins_over_master_port(monkeypatch):
+    for key, value in dict(SLURM_PROCID='0', SLURM_NTASKS='2', SLURM_NODELIST='node1',
+                           MASTER_ADDR='node1').items():
+        monkeypatch.setenv(key, value)
+    _forget_torch_env(monkeypatch)
+    monkeypatch.setenv('MASTER_PORT', '29500')
+    _slurm_env_to_torch_env(port=29611)  # env_cfg.dist_cfg.port, as in mmengine's init_dist
+    assert os.environ['MASTER_PORT'] == '29611'

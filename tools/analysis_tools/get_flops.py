@@ -75,6 +75,8 @@ def analyze(cfg, shape, batch_size: int = 1, checkpoint=None) -> dict:
 
     model = build_detector(cfg, checkpoint)
     params = count_parameters(model)
+    # gradients flow to these: frozen backbone stages and adapters' frozen bases left out
+    trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     data = dummy_batch(model, shape, batch_size)
     torch.manual_seed(0)
     flops = count_flops_detailed(model, data['inputs'], data['data_samples'])
@@ -87,6 +89,7 @@ def analyze(cfg, shape, batch_size: int = 1, checkpoint=None) -> dict:
         padded_shape=list(data['inputs'].shape[-2:]),
         num_queries=getattr(rpn_head, 'num_query', None),
         params=params,
+        trainable_params=trainable_params,
         flops=parts,
         macs={key: value // 2 for key, value in parts.items()},
         flops_per_image=parts['total'] / batch_size,
