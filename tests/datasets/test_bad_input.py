@@ -15,7 +15,6 @@ import os.path as osp
 import subprocess
 import sys
 
-import mmcv
 import numpy as np
 import pytest
 from mmengine.config import Config
@@ -128,17 +127,16 @@ def test_jpeg_end_check(tmp_path):
     ann_file = write_coco(tmp_path, [(1, 'padded.jpg', 40, 30), (2, 'cut.jpg', 40, 30)], [])
     padded, cut = tmp_path / 'imgs' / 'padded.jpg', tmp_path / 'imgs' / 'cut.jpg'
     padded.write_bytes(padded.read_bytes() + bytes(100))  # zero padding after FF D9: intact
-    intact = mmcv.imfrombytes(cut.read_bytes())
     corrupt(cut, 'truncated-jpg')
     dataset = coco_dataset(tmp_path, ann_file, test_mode=True)
     assert tuple(dataset[0]['inputs'].shape) == (3, 30, 40)
     with pytest.raises(RuntimeError, match='truncated JPEG'):
         dataset[1]
-    # the opt-out gets OpenCV's silent partial decode: an image, but not the intact one
+    # the opt-out gets OpenCV's silent partial decode: an image of the full size, no error.
+    # (Its pixels are not compared: OpenCV leaves what it could not decode uninitialised, so
+    # they change from call to call and can even equal the intact image.)
     unchecked = coco_dataset(tmp_path, ann_file, test_mode=True, check_jpeg_end=False)
-    img = unchecked[1]['inputs'].permute(1, 2, 0).numpy()
-    assert img.shape == intact.shape == (30, 40, 3)
-    assert np.abs(img.astype(int) - intact.astype(int)).max() > 50
+    assert tuple(unchecked[1]['inputs'].shape) == (3, 30, 40)
 
 
 # --- boxes -----------------------------------------------------------------------------------
