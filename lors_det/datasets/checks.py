@@ -82,7 +82,9 @@ def _dataset_class(dataset_cfg):
     return DATASETS.get(dataset_type) if dataset_type else None
 
 
-def _dataloader_datasets(cfg, splits: Sequence[str]) -> Iterator[Tuple[str, dict]]:
+def dataloader_datasets(cfg, splits: Sequence[str]) -> Iterator[Tuple[str, dict]]:
+    """Yield (dotted key, cfg) of every real dataset of ``{split}_dataloader``, split by split,
+    looking inside dataset wrappers."""
     for split in splits:
         loader = cfg.get(f'{split}_dataloader')
         if loader and loader.get('dataset'):
@@ -97,7 +99,7 @@ def check_data_paths(cfg, splits: Sequence[str] = ('train', 'val')) -> None:
     ``GENERATES_DATA = True`` (the embedded digits data) are skipped: they create their files.
     """
     problems, generated_roots = [], []
-    for key, dataset_cfg in _dataloader_datasets(cfg, splits):
+    for key, dataset_cfg in dataloader_datasets(cfg, splits):
         if getattr(_dataset_class(dataset_cfg), 'GENERATES_DATA', False):
             generated_roots.append(osp.abspath(dataset_cfg.get('data_root') or '.'))
             continue
@@ -156,7 +158,7 @@ def check_num_classes(cfg, splits: Sequence[str] = ('train', 'val', 'test')) -> 
     if not heads:
         return
     problems = []
-    for data_key, dataset_cfg in _dataloader_datasets(cfg, splits):
+    for data_key, dataset_cfg in dataloader_datasets(cfg, splits):
         classes = dataset_classes(dataset_cfg)
         if classes is None:
             continue

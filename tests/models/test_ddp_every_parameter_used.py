@@ -11,9 +11,9 @@ import os.path as osp
 import pytest
 import torch
 from mmdet.registry import MODELS
-from mmdet.structures import DetDataSample
 from mmengine.config import Config
-from mmengine.structures import InstanceData
+
+from _adamixer_helpers import make_data_samples
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO_CONFIGS = [
@@ -22,19 +22,6 @@ DEMO_CONFIGS = [
     'adamixer_tiny-vera_1xb8-demo_digits.py',
     'adamixer_tiny-condlora_1xb8-demo_digits.py',
 ]
-
-
-def _batch(size: int = 96):
-    samples = []
-    for boxes, labels in (([[8., 10., 50., 60.], [55., 20., 90., 88.]], [1, 3]),
-                          ([[20., 30., 70., 75.]], [7])):
-        sample = DetDataSample(metainfo=dict(
-            img_shape=(size, size), pad_shape=(size, size), batch_input_shape=(size, size),
-            ori_shape=(size, size), scale_factor=(1., 1.)))
-        sample.gt_instances = InstanceData(bboxes=torch.tensor(boxes),
-                                           labels=torch.tensor(labels))
-        samples.append(sample)
-    return torch.randn(len(samples), 3, size, size), samples
 
 
 @pytest.mark.parametrize('config', DEMO_CONFIGS)
@@ -47,8 +34,12 @@ def test_every_trainable_parameter_gets_a_gradient(config):
     model = MODELS.build(cfg.model)
     model.init_weights()
     model.train()
-    inputs, samples = _batch()
-    losses = model.loss(inputs, samples)
+    size = (96, 96)
+    samples = make_data_samples([size, size], size,
+                                gt_boxes=[[[8., 10., 50., 60.], [55., 20., 90., 88.]],
+                                          [[20., 30., 70., 75.]]],
+                                gt_labels=[[1, 3], [7]])
+    losses = model.loss(torch.randn(2, 3, *size), samples)
     sum(v for k, v in losses.items() if 'loss' in k).backward()
 
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}

@@ -303,22 +303,17 @@ def check_against_config(state_dict: Dict[str, torch.Tensor], config: str):
 
 
 def config_classes(config: str) -> Optional[tuple]:
-    """Class names of the test (else val, train) dataset of ``config``."""
+    """Class names of the first test (else val, train) dataset of ``config`` that names them."""
     from mmengine.config import Config
 
     import lors_det  # noqa: F401
-    from lors_det.datasets.checks import dataset_classes
+    from lors_det.datasets.checks import dataloader_datasets, dataset_classes
 
     cfg = Config.fromfile(config)
-    for split in ('test', 'val', 'train'):
-        loader = cfg.get(f'{split}_dataloader')
-        dataset = loader.get('dataset') if loader else None
-        while dataset is not None and 'dataset' in dataset:  # dataset wrappers
-            dataset = dataset['dataset']
-        if dataset is not None:
-            classes = dataset_classes(dataset)
-            if classes is not None:
-                return classes
+    for _, dataset in dataloader_datasets(cfg, ('test', 'val', 'train')):
+        classes = dataset_classes(dataset)
+        if classes is not None:
+            return classes
     return None
 
 
