@@ -1,62 +1,23 @@
-"""Work-arounds for the pinned stack (torch 2.9, mmengine 0.10.7, numpy 1.26).
+"""Distributed training without CUDA on the pinned stack (mmengine 0.10.7).
 
-1. Checkpoints. torch >= 2.6 defaults ``torch.load(weights_only=True)``; mmengine 0.10.7 calls
-   ``torch.load`` without the flag, so its own checkpoints are refused on ``resume`` /
-   ``load_checkpoint``. We allow-list exactly the globals those checkpoints contain instead of
-   switching the safety off (``get_unsafe_globals_in_checkpoint`` on a checkpoint saved by
-   ``CheckpointHook`` lists them, except the dtype classes, which the unpickler checks when it
-   sets a dtype's state rather than as named globals; tests/tools/test_checkpoint_allowlist.py
-   keeps the list honest: every entry needed, nothing else accepted):
-
-   * the message hub's ``HistoryBuffer`` objects (``log_scalars``);
-   * inside them, numpy arrays: ``numpy.core.multiarray._reconstruct``, ``numpy.ndarray``,
-     ``numpy.dtype`` and, since numpy 1.25 builds dtypes as instances of per-type classes,
-     ``numpy.dtypes.Float64DType`` (logged values) and ``numpy.dtypes.Int64DType`` (counts);
-     ``numpy.core.multiarray.scalar`` for numpy scalars (the message hub's ``eta``);
-   * ``builtins.getattr``: ``HistoryBuffer.__getstate__`` stores its statistics methods
-     (``HistoryBuffer.min`` ...), which pickle protocol 2 writes as
-     ``getattr(HistoryBuffer, 'min')``. The weights-only unpickler still refuses to *call*
-     anything that is not allow-listed, so ``getattr`` only reads attributes of objects that
-     were already allowed.
-
-2. Distributed training without CUDA. mmengine's ``init_dist`` always calls
-   ``torch.cuda.set_device`` and its default DDP wrapper passes ``device_ids=[LOCAL_RANK]``;
-   both fail on a CPU-only machine. :func:`adapt_distributed_to_device` switches the default
-   'nccl' backend to 'gloo', initialises the process group itself (torchrun or srun
-   variables) and wraps the model with ``device_ids=None``.
+mmengine's ``init_dist`` always calls ``torch.cuda.set_device`` and its default DDP wrapper
+passes ``device_ids=[LOCAL_RANK]``; both fail on a CPU-only machine.
+:func:`adapt_distributed_to_device` switches the default 'nccl' backend to 'gloo', initialises
+the process group itself (torchrun or srun variables) and wraps the model with
+``device_ids=None``. (Checkpoint loading under torch >= 2.6 is :mod:`lors_det.checkpoint`.)
 """
 import os
 
-import numpy as np
 import torch
 
 
-def _numpy_globals() -> list:
-    """numpy types used when pickling arrays and scalars (numpy 1.x and 2.x layouts)."""
-    # numpy 2 moved numpy.core to numpy._core (and warns on access to the old name)
-    if int(np.__version__.split('.')[0]) >= 2:
-        from numpy._core import multiarray
-    else:
-        from numpy.core import multiarray
-    items = [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar]
-    dtypes = getattr(np, 'dtypes', None)  # numpy >= 1.25
-    if dtypes is not None:
-        items += [dtypes.Float64DType, dtypes.Int64DType]
-    return items
-
-
-def checkpoint_safe_globals() -> list:
-    """Globals of mmengine checkpoints that ``torch.load(weights_only=True)`` must accept."""
-    from mmengine.logging.history_buffer import HistoryBuffer
-    return _numpy_globals() + [HistoryBuffer, getattr]
-
-
-def register_checkpoint_safe_globals() -> None:
-    """Idempotently allow-list the globals of mmengine checkpoints for weights-only loads."""
-    add = getattr(torch.serialization, 'add_safe_globals', None)
-    if add is None:  # torch < 2.4 loads everything anyway
-        return
-    add(checkpoint_safe_globals())
+def close_distributed() -> None:
+    """Tear the process group down before the interpreter exits: left to interpreter
+    shutdown, gloo's threads occasionally abort the process ('terminate called without an
+    active exception', exit code -6) after the run itself succeeded."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _slurm_env_to_torch_env(port=None) -> None:

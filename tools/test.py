@@ -22,8 +22,9 @@ from mmengine.config import Config, ConfigDict, DictAction  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-import lors_det  # noqa: E402,F401  (registers modules and the checkpoint allow-list)
-from lors_det.compat import adapt_distributed_to_device  # noqa: E402
+import lors_det  # noqa: E402,F401  (registers modules and the safe checkpoint loader)
+from lors_det.checkpoint import trust_checkpoint  # noqa: E402
+from lors_det.compat import adapt_distributed_to_device, close_distributed  # noqa: E402
 from lors_det.datasets import check_config  # noqa: E402
 
 CFG_OPTIONS_HELP = (
@@ -60,6 +61,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         '--tta', action='store_true', help='test-time augmentation (horizontal flip '
         'unless the config defines tta_model / tta_pipeline)')
+    parser.add_argument(
+        '--unsafe-load', action='store_true',
+        help='unpickle the checkpoint without the weights-only restrictions (a legacy file you '
+        'trust: a malicious one runs code when loaded)')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
@@ -134,7 +139,9 @@ def build_config(args: argparse.Namespace) -> Config:
 def main(argv=None) -> None:
     args = parse_args(argv)
     cfg = build_config(args)
-    check_config(cfg, splits=('test',))
+    if args.unsafe_load:
+        trust_checkpoint(args.checkpoint)
+    check_config(cfg, splits=('test',), load_from_key='CHECKPOINT (tools/test.py argument)')
     adapt_distributed_to_device(cfg, args.launcher)
 
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
@@ -142,6 +149,7 @@ def main(argv=None) -> None:
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
     runner.test()
+    close_distributed()
 
 
 if __name__ == '__main__':

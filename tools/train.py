@@ -23,9 +23,11 @@ from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-import lors_det  # noqa: E402,F401  (registers modules and the checkpoint allow-list)
-from lors_det.compat import adapt_distributed_to_device  # noqa: E402
+import lors_det  # noqa: E402,F401  (registers modules and the safe checkpoint loader)
+from lors_det.checkpoint import trust_checkpoint  # noqa: E402
+from lors_det.compat import adapt_distributed_to_device, close_distributed  # noqa: E402
 from lors_det.datasets import check_config  # noqa: E402
+from lors_det.engine.resume import intact_resume_checkpoint  # noqa: E402
 
 CFG_OPTIONS_HELP = (
     'override settings of the config, as key=value pairs; a list is written '
@@ -60,6 +62,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=['none', 'pytorch', 'slurm', 'mpi'],
         default='none',
         help='job launcher')
+    parser.add_argument(
+        '--unsafe-load', action='store_true',
+        help='unpickle the checkpoint without the weights-only restrictions (a legacy file you '
+        'trust: a malicious one runs code when loaded)')
     # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
@@ -99,8 +105,9 @@ def build_config(args: argparse.Namespace) -> Config:
         cfg.auto_scale_lr.enable = True
 
     if args.resume == 'auto':
+        # the newest checkpoint that reads (a truncated last one is skipped, with a warning)
         cfg.resume = True
-        cfg.load_from = None
+        cfg.load_from = intact_resume_checkpoint(cfg.work_dir)
     elif args.resume is not None:
         cfg.resume = True
         cfg.load_from = args.resume
@@ -110,12 +117,20 @@ def build_config(args: argparse.Namespace) -> Config:
 def main(argv=None) -> None:
     args = parse_args(argv)
     cfg = build_config(args)
+    if args.unsafe_load:
+        if not cfg.get('load_from'):
+            raise SystemExit('--unsafe-load applies to the checkpoint named by --resume CKPT or '
+                             'the config\'s load_from; neither is set')
+        trust_checkpoint(cfg.load_from)
     has_val = all(cfg.get(k) for k in ('val_dataloader', 'val_cfg', 'val_evaluator'))
-    check_config(cfg, splits=('train', 'val') if has_val else ('train',))
+    explicit_resume = args.resume not in (None, 'auto')
+    check_config(cfg, splits=('train', 'val') if has_val else ('train',),
+                 load_from_key='--resume CHECKPOINT' if explicit_resume else 'load_from')
     adapt_distributed_to_device(cfg, args.launcher)
 
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
     runner.train()
+    close_distributed()
 
 
 if __name__ == '__main__':

@@ -176,7 +176,38 @@ def check_num_classes(cfg, splits: Sequence[str] = ('train', 'val', 'test')) -> 
         raise ValueError('num_classes does not match the dataset:\n  ' + '\n  '.join(problems))
 
 
-def check_config(cfg, splits: Sequence[str]) -> None:
+def _pretrained_checkpoints(node, key: str) -> Iterator[Tuple[str, str]]:
+    """(config key, path) of every ``init_cfg=dict(type='Pretrained', checkpoint=...)``."""
+    if isinstance(node, dict):
+        if node.get('type') == 'Pretrained' and node.get('checkpoint'):
+            yield f'{key}.checkpoint', str(node['checkpoint'])
+        for name, value in node.items():
+            yield from _pretrained_checkpoints(value, f'{key}.{name}')
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            yield from _pretrained_checkpoints(value, f'{key}[{i}]')
+
+
+def check_checkpoint_paths(cfg, pretrained: bool = True,
+                           load_from_key: str = 'load_from') -> None:
+    """Local checkpoint files the run will read exist: ``load_from`` (named ``load_from_key``
+    in the message, e.g. the CHECKPOINT argument of tools/test.py) and, when ``pretrained``
+    (training initialises weights), every ``Pretrained`` ``init_cfg`` of the model."""
+    wanted = []
+    if cfg.get('load_from'):
+        wanted.append((load_from_key, str(cfg.load_from)))
+    if pretrained:
+        wanted += list(_pretrained_checkpoints(cfg.get('model', {}), 'model'))
+    problems = [f'{key}: checkpoint file {path!r} not found (relative to '
+                f'{osp.abspath(".")!r})'
+                for key, path in wanted if _is_local(path) and not osp.isfile(
+                    osp.expanduser(path))]
+    if problems:
+        raise FileNotFoundError('\n  '.join(problems))
+
+
+def check_config(cfg, splits: Sequence[str], load_from_key: str = 'load_from') -> None:
     """All checks a tool runs before building the runner."""
+    check_checkpoint_paths(cfg, pretrained='train' in splits, load_from_key=load_from_key)
     check_data_paths(cfg, splits)
     check_num_classes(cfg, splits)

@@ -8,6 +8,7 @@ from mmdet.datasets import CocoDataset
 from mmdet.registry import DATASETS
 from mmengine.logging import print_log
 
+from .annotation_rules import BoxReport, CheckedCOCO, clean_box
 from .checks import _URI, dataset_path_problems
 
 _JPEG_START, _JPEG_END = b'\xff\xd8', b'\xff\xd9'
@@ -39,12 +40,15 @@ class CheckedCocoDataset(CocoDataset):
     * Missing ``data_root`` / ``ann_file`` / image folder: ``FileNotFoundError`` saying which
       key to set, instead of an error from inside pycocotools (when the annotations are
       loaded: at build time, or at ``full_init()`` with ``lazy_init=True``).
-    * Boxes: every ``[x, y, w, h]`` is clipped to the image ``[0, width] x [0, height]``.
-      A box whose clipped width or height is below ``min_box_size`` pixels (zero or negative
-      size, or entirely outside the image) is dropped, as is an annotation with ``area <= 0``.
-      ``CocoDataset`` keeps partly-outside boxes unclipped and needs ``area``; here a missing
-      ``area`` is filled with the clipped box area. Clipped/dropped boxes are counted in one
-      warning per dataset.
+    * Image records: duplicated ids or a missing ``file_name`` / ``width`` / ``height`` are
+      refused, naming the annotation file and the ids (``annotation_rules.CheckedCOCO``).
+    * Boxes: the rule of :mod:`.annotation_rules`, which ``CheckedCocoMetric`` applies to the
+      evaluation's ground truth too: non-finite boxes and unknown ``category_id`` are dropped;
+      boxes are clipped to the image; a box whose clipped width or height is below
+      ``min_box_size`` pixels, or with ``area <= 0``, is dropped. ``CocoDataset`` keeps
+      partly-outside boxes unclipped and needs ``area``; here a missing ``area`` is filled
+      with the clipped box area. Clipped/dropped boxes are counted, by reason, in one warning
+      per dataset.
     * ``filter_cfg.filter_empty_gt`` (train only, as in mmdet) removes images left without
       instances after the rule above, not only images without raw annotations. Images
       without annotations are always kept in ``test_mode`` (val/test).
@@ -62,6 +66,8 @@ class CheckedCocoDataset(CocoDataset):
         check_jpeg_end (bool): refuse local JPEG files without the end-of-image marker.
             Defaults to True.
     """
+
+    COCOAPI = CheckedCOCO
 
     def __init__(self, *args, min_box_size: float = 1.0, check_jpeg_end: bool = True,
                  **kwargs) -> None:
@@ -88,40 +94,24 @@ class CheckedCocoDataset(CocoDataset):
         super().full_init()
 
     def load_data_list(self) -> List[dict]:
-        self._clipped, self._dropped = [], []
+        self._box_report = BoxReport()
         data_list = super().load_data_list()
-        if self._clipped or self._dropped:
-            print_log(
-                f'{self.ann_file}: clipped {len(self._clipped)} boxes to their image and '
-                f'dropped {len(self._dropped)} degenerate/outside boxes (annotation ids, '
-                f'first 10: clipped {self._clipped[:10]}, dropped {self._dropped[:10]})',
-                logger='current', level=logging.WARNING)
+        self._box_report.warn(self.ann_file, f'{type(self).__name__}, training and evaluation '
+                              'use the same rule')
         return data_list
-
-    def _clean_annotation(self, ann: dict, width: int, height: int):
-        """A copy of ``ann`` with its box clipped to the image, or None to drop it."""
-        x, y, w, h = ann['bbox']
-        x1, y1 = min(max(x, 0), width), min(max(y, 0), height)
-        x2, y2 = min(max(x + w, 0), width), min(max(y + h, 0), height)
-        if x2 - x1 < self.min_box_size or y2 - y1 < self.min_box_size \
-                or ann.get('area', 1) <= 0:
-            self._dropped.append(ann.get('id'))
-            return None
-        clean = dict(ann)
-        if (x1, y1, x2, y2) != (x, y, x + w, y + h):
-            self._clipped.append(ann.get('id'))
-            clean['bbox'] = [x1, y1, x2 - x1, y2 - y1]
-        clean.setdefault('area', (x2 - x1) * (y2 - y1))
-        return clean
 
     def parse_data_info(self, raw_data_info: dict) -> dict:
         img_info = raw_data_info['raw_img_info']
-        anns = [
-            self._clean_annotation(ann, img_info['width'], img_info['height'])
-            for ann in raw_data_info['raw_ann_info'] if not ann.get('ignore', False)
-        ]
-        raw_data_info = dict(raw_data_info, raw_ann_info=[a for a in anns if a is not None])
-        return super().parse_data_info(raw_data_info)
+        anns = []
+        for ann in raw_data_info['raw_ann_info']:
+            if ann.get('ignore', False):
+                continue
+            clean, outcome = clean_box(ann, img_info['width'], img_info['height'],
+                                       self.min_box_size, set(self.cat_ids))
+            self._box_report.add(ann, outcome)
+            if clean is not None:
+                anns.append(clean)
+        return super().parse_data_info(dict(raw_data_info, raw_ann_info=anns))
 
     def _check_image_file(self, img_path: Optional[str]) -> None:
         if not self.check_jpeg_end or not img_path or self.backend_args \

@@ -20,15 +20,18 @@ Properties the tests rely on:
   (``val_fraction`` of each class goes to val); each annotation records its scan as
   ``sklearn_index``. ``area`` is the box area.
 
-``ensure_digits_dataset`` writes the dataset once and records its arguments in
+``ensure_digits_dataset`` writes the dataset once and records its arguments and files in
 ``manifest.json``; later calls with the same arguments return at once, different arguments
-regenerate it.
+regenerate it. It never removes or overwrites a file it did not write: a non-empty folder
+without its manifest is refused.
 """
 import dataclasses
+import hashlib
 import json
 import os
 import os.path as osp
 import shutil
+import tempfile
 from contextlib import contextmanager
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -298,35 +301,113 @@ def write_split(root: str, spec: DigitsDetSpec, split: str, scans: np.ndarray,
         json.dump(_coco_json(spec, split, images, annotations), f)
 
 
-def _manifest(spec: DigitsDetSpec) -> dict:
-    return dict(generator='lors_det.datasets.digits',
-                generator_version=GENERATOR_VERSION, args=spec.to_dict())
+GENERATOR_NAME = 'lors_det.datasets.digits'
+# Generation writes into a fresh folder of this name prefix inside the root, then moves the
+# files into place: an interrupted run leaves only such a folder, which the next call removes.
+STAGING_PREFIX = '.digits-staging-'
+_LEGACY_LOCK_FILE = '.lock'  # where earlier versions kept their lock
+
+
+def _manifest(spec: DigitsDetSpec, files: Optional[List[str]] = None) -> dict:
+    manifest = dict(generator=GENERATOR_NAME, generator_version=GENERATOR_VERSION,
+                    args=spec.to_dict())
+    if files is not None:
+        manifest['files'] = files
+    return manifest
 
 
 def _read_manifest(root: str) -> Optional[dict]:
     try:
         with open(osp.join(root, MANIFEST_FILE)) as f:
-            return json.load(f)
+            manifest = json.load(f)
     except (OSError, ValueError):
         return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _is_ours(manifest: Optional[dict]) -> bool:
+    return manifest is not None and manifest.get('generator') == GENERATOR_NAME
 
 
 def is_up_to_date(root: str, spec: DigitsDetSpec) -> bool:
     """Whether ``root`` holds a complete dataset generated with ``spec``."""
-    if _read_manifest(root) != _manifest(spec):
+    manifest = _read_manifest(root)
+    if not _is_ours(manifest) or {k: manifest.get(k) for k in _manifest(spec)} != \
+            _manifest(spec):
         return False
     return all(osp.isfile(osp.join(root, ann_file_of(s))) for s in SPLITS)
 
 
+def _foreign_entries(root: str) -> List[str]:
+    """What ``root`` holds besides the generator's lock and staging folders."""
+    if not osp.isdir(root):
+        return []
+    return sorted(e for e in os.listdir(root)
+                  if e != _LEGACY_LOCK_FILE and not e.startswith(STAGING_PREFIX))
+
+
+def _refuse_foreign_folder(root: str) -> None:
+    """Raise unless ``root`` is empty, missing, or holds a dataset of this generator."""
+    if _is_ours(_read_manifest(root)):
+        return
+    entries = _foreign_entries(root)
+    if entries:
+        shown = ', '.join(entries[:8]) + (', ...' if len(entries) > 8 else '')
+        raise FileExistsError(
+            f'{root!r} is not empty ({shown}) and has no {MANIFEST_FILE} of the digits '
+            'generator: refusing to write the generated dataset there (nothing was changed). '
+            'Set data_root to an empty or new folder.')
+
+
+def _generated_files(root: str, manifest: dict) -> List[str]:
+    """The files (relative to ``root``) a previous generation wrote, from its manifest or,
+    for manifests written before the list was recorded, from its annotation files."""
+    files = manifest.get('files')
+    if isinstance(files, list):
+        return [f for f in files if isinstance(f, str)]
+    files = []
+    for split in SPLITS:
+        try:
+            with open(osp.join(root, ann_file_of(split))) as f:
+                images = json.load(f)['images']
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        files.append(ann_file_of(split))
+        files += [img_dir_of(split) + str(img.get('file_name')) for img in images
+                  if isinstance(img, dict)]
+    return files
+
+
+def _inside(root: str, relative: str) -> Optional[str]:
+    """``root/relative`` if it stays inside ``root`` (no '..', no absolute path), else None."""
+    path = osp.realpath(osp.join(root, relative))
+    return path if path.startswith(osp.realpath(root) + os.sep) else None
+
+
+def _remove_generated(root: str, manifest: dict) -> None:
+    """Remove exactly the files of the previous generation (and its folders, once empty)."""
+    for relative in _generated_files(root, manifest):
+        path = _inside(root, relative)
+        if path is not None and osp.isfile(path):
+            os.remove(path)
+    for folder in ('annotations', *[img_dir_of(s) for s in SPLITS]):
+        path = osp.join(root, folder)
+        if osp.isdir(path) and not os.listdir(path):
+            os.rmdir(path)
+    os.remove(osp.join(root, MANIFEST_FILE))
+
+
 @contextmanager
 def _exclusive(root: str):
-    """Serialise generation between processes (e.g. distributed ranks) on one machine."""
+    """Serialise generation between processes (e.g. distributed ranks) on one machine. The lock
+    file lives in the temp folder, so nothing is written into ``root`` before it is checked."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no concurrent generation support
         yield
         return
-    with open(osp.join(root, '.lock'), 'w') as lock:
+    key = hashlib.sha1(osp.realpath(root).encode()).hexdigest()[:16]
+    with open(osp.join(tempfile.gettempdir(), f'lors_det-digits-{key}.lock'), 'w') as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -334,12 +415,42 @@ def _exclusive(root: str):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _generate_into(root: str, spec: DigitsDetSpec) -> None:
+    """Write the dataset in a staging folder, then move its files into ``root`` (refusing to
+    overwrite a file that is already there) and write the manifest that lists them."""
+    staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root)
+    try:
+        scans, labels = load_digit_scans()
+        pools = split_scan_indices(labels, spec.val_fraction, spec.seed)
+        os.makedirs(osp.join(staging, 'annotations'))
+        for split in SPLITS:
+            write_split(staging, spec, split, scans, labels, pools[split])
+        files = sorted(osp.relpath(osp.join(d, f), staging)
+                       for d, _, names in os.walk(staging) for f in names)
+        taken = [f for f in files if osp.lexists(osp.join(root, f))]
+        if taken:
+            raise FileExistsError(
+                f'{root!r}: {len(taken)} files the digits generator would write already exist '
+                f'and were not written by it ({", ".join(taken[:5])}); nothing was overwritten')
+        for relative in files:
+            os.makedirs(osp.dirname(osp.join(root, relative)), exist_ok=True)
+            os.replace(osp.join(staging, relative), osp.join(root, relative))
+        with open(osp.join(staging, MANIFEST_FILE), 'w') as f:
+            json.dump(_manifest(spec, files), f, indent=2)
+        os.replace(osp.join(staging, MANIFEST_FILE), osp.join(root, MANIFEST_FILE))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def ensure_digits_dataset(root: str = 'data/digits_det', **spec_kwargs) -> str:
     """Generate the digits dataset into ``root`` unless it is already there.
 
-    ``spec_kwargs`` are the fields of :class:`DigitsDetSpec`. The manifest is written last,
-    so an interrupted run is redone by the next call. Only the files this generator owns
-    (``train/``, ``val/``, ``annotations/``, the manifest) are removed on regeneration.
+    ``spec_kwargs`` are the fields of :class:`DigitsDetSpec`. Nothing that the generator did not
+    write is ever removed or overwritten: a non-empty ``root`` without the generator's manifest
+    is refused (``FileExistsError`` naming it); a dataset generated with other arguments is
+    replaced by removing exactly the files its manifest lists. The files are written to a
+    staging folder and moved into place, the manifest last, so an interrupted run leaves
+    either the previous state or a staging folder that the next call removes.
 
     Returns:
         ``root``.
@@ -347,21 +458,16 @@ def ensure_digits_dataset(root: str = 'data/digits_det', **spec_kwargs) -> str:
     spec = DigitsDetSpec(**spec_kwargs)
     if is_up_to_date(root, spec):
         return root
-    os.makedirs(root, exist_ok=True)
     with _exclusive(root):
         if is_up_to_date(root, spec):  # another process finished while we waited
             return root
-        for owned in (MANIFEST_FILE, 'annotations', *[img_dir_of(s) for s in SPLITS]):
-            path = osp.join(root, owned)
-            if osp.isdir(path):
-                shutil.rmtree(path)
-            elif osp.exists(path):
-                os.remove(path)
-        os.makedirs(osp.join(root, 'annotations'))
-        scans, labels = load_digit_scans()
-        pools = split_scan_indices(labels, spec.val_fraction, spec.seed)
-        for split in SPLITS:
-            write_split(root, spec, split, scans, labels, pools[split])
-        with open(osp.join(root, MANIFEST_FILE), 'w') as f:
-            json.dump(_manifest(spec), f, indent=2)
+        _refuse_foreign_folder(root)
+        os.makedirs(root, exist_ok=True)
+        for entry in os.listdir(root):  # staging folders of interrupted runs
+            if entry.startswith(STAGING_PREFIX):
+                shutil.rmtree(osp.join(root, entry), ignore_errors=True)
+        manifest = _read_manifest(root)
+        if _is_ours(manifest):
+            _remove_generated(root, manifest)
+        _generate_into(root, spec)
     return root

@@ -119,3 +119,17 @@ def test_swin_s_backbone_and_decay_exemptions():
     keys = cfg.optim_wrapper.paramwise_cfg.custom_keys
     for name in ('absolute_pos_embed', 'relative_position_bias_table', 'norm'):
         assert keys[name] == dict(decay_mult=0.)
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=_config_id)
+def test_every_config_saves_crash_safe_resumes_exactly_and_evaluates_checked(path):
+    """The data-loss and silent-error fixes are only as good as their use: every shipped
+    config trains with the crash-safe checkpoint hook and the exact-resume loop, and scores
+    the ground truth with the box rule training uses."""
+    cfg = Config.fromfile(str(path))
+    assert cfg.default_hooks.checkpoint.type == 'AtomicCheckpointHook'
+    assert cfg.train_cfg.type == 'ResumableEpochBasedTrainLoop'
+    for key in ('val_evaluator', 'test_evaluator'):
+        evaluator = cfg.get(key)
+        if evaluator and evaluator.get('ann_file'):
+            assert evaluator.type == 'CheckedCocoMetric', key

@@ -130,7 +130,16 @@ def test_next_stage_gets_detached_boxes():
     assert model.roi_head.bbox_head[0].ffn.layers[1].weight.grad.abs().sum() > 0
 
 
-def test_predict_topk_without_nms_and_rescaled():
+def _clamp_xyxy(boxes, shape):
+    """Hand-written reference: x to [0, w], y to [0, h] for an image of shape (h, w)."""
+    h, w = shape
+    out = boxes.clone()
+    out[:, 0::2] = out[:, 0::2].clamp(0, w)
+    out[:, 1::2] = out[:, 1::2].clamp(0, h)
+    return out
+
+
+def test_predict_topk_sorted_clipped_and_rescaled():
     num_query, num_classes, max_per_img = 5, 3, 7
     model = _model(num_query=num_query, num_classes=num_classes, max_per_img=max_per_img)
     spread_queries(model)
@@ -142,6 +151,7 @@ def test_predict_topk_without_nms_and_rescaled():
         results = model.predict(inputs, samples, rescale=True)
         x = model.extract_feat(inputs)
         cls, boxes = model.roi_head.forward(x, model.rpn_head.predict(x, samples), samples)[-1]
+    clipped = 0
     for img, sample in enumerate(results):
         pred = sample.pred_instances
         assert len(pred) == max_per_img
@@ -149,11 +159,19 @@ def test_predict_topk_without_nms_and_rescaled():
         ref_scores, ref_idx = scores.sort(descending=True)
         ref_idx = ref_idx[:max_per_img]
         scale = torch.tensor(scale_factors[img]).repeat(2)
-        order = pred.scores.argsort(descending=True)
-        torch.testing.assert_close(pred.scores[order], ref_scores[:max_per_img])
-        assert torch.equal(pred.labels[order], ref_idx % num_classes)
-        # no clipping, no NMS: the query's last-stage box divided by the scale factor
-        torch.testing.assert_close(pred.bboxes[order], boxes[img][ref_idx // num_classes] / scale)
+        # sorted by score, no NMS
+        torch.testing.assert_close(pred.scores, ref_scores[:max_per_img])
+        assert torch.equal(pred.labels, ref_idx % num_classes)
+        # the query's last-stage box clipped to the network input, divided by the scale
+        # factor, clipped to the original image
+        raw = boxes[img][ref_idx // num_classes]
+        ref = _clamp_xyxy(_clamp_xyxy(raw, sample.img_shape) / scale, sample.ori_shape)
+        torch.testing.assert_close(pred.bboxes, ref)
+        clipped += int((raw / scale != ref).any(dim=1).sum())
+        h, w = sample.ori_shape
+        assert (pred.bboxes >= 0).all()
+        assert (pred.bboxes[:, 0::2] <= w).all() and (pred.bboxes[:, 1::2] <= h).all()
+    assert clipped > 0, 'no box needed clipping: the test would not check it'
     # one query can produce several detections (more detections than queries)
     assert max_per_img > num_query
 

@@ -3,7 +3,7 @@
 * :func:`write_tiny_config` writes a real config file (``_base_`` = the repo's AdaMixer model,
   digits dataset and runtime files) for a tiny AdaMixer on a tiny generated digits dataset,
   so the tools are exercised the way a user runs them.
-* Two test-only hooks, registered when this module is imported (configs list it in
+* Test-only hooks, registered when this module is imported (configs list it in
   ``custom_imports``; subprocesses find it through ``PYTHONPATH``, see :func:`subprocess_env`).
 """
 import json
@@ -94,11 +94,11 @@ train_dataloader = dict(
 test_dataloader = dict(
     batch_size=2, num_workers=0, persistent_workers=False,
     dataset=dict(data_root=data_root, generator_cfg=generator_cfg, pipeline=test_pipeline))
-test_evaluator = dict(type='CocoMetric', ann_file=data_root + 'annotations/instances_val.json',
+test_evaluator = dict(type='CheckedCocoMetric', ann_file=data_root + 'annotations/instances_val.json',
                       metric='bbox')
 test_cfg = dict(type='TestLoop')
 {val}
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs={max_epochs}, val_interval=1)
+train_cfg = dict(type='ResumableEpochBasedTrainLoop', max_epochs={max_epochs}, val_interval=1)
 optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=1e-4),
@@ -110,7 +110,7 @@ param_scheduler = [
 auto_scale_lr = dict(enable=False, base_batch_size={batch_size})
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=1),
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=-1))
+    checkpoint=dict(type='AtomicCheckpointHook', interval=1, max_keep_ckpts=-1))
 log_processor = dict(window_size=1)
 randomness = dict(seed=0, deterministic=True)
 {extra}
@@ -202,3 +202,39 @@ class InterruptAfterEpochHook(Hook):
     def after_train_epoch(self, runner) -> None:
         if runner.epoch + 1 == self.epoch:  # runner.epoch counts from 0 until the epoch ends
             raise Interrupted(f'interrupted after epoch {self.epoch}')
+
+
+@HOOKS.register_module()
+class InterruptAfterIterHook(Hook):
+    """Stop training with :class:`Interrupted` after ``iters`` iterations (counted over the
+    whole run), once the checkpoint hook has saved that iteration: a crash in mid-epoch."""
+
+    priority = 'LOWEST'
+
+    def __init__(self, iters: int) -> None:
+        self.iters = iters
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        if runner.iter + 1 == self.iters:
+            raise Interrupted(f'interrupted after iteration {self.iters}')
+
+
+def _register_interrupted_save_hook():
+    """``KilledDuringSaveCheckpointHook``: lors_det's checkpoint hook that dies between writing
+    the checkpoint of ``kill_at_step`` and renaming it into place (a kill during a save)."""
+    from lors_det.engine.hooks import AtomicCheckpointHook
+
+    @HOOKS.register_module()
+    class KilledDuringSaveCheckpointHook(AtomicCheckpointHook):
+
+        def __init__(self, *args, kill_at_step: int, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.kill_at_step = kill_at_step
+
+        def _publish(self, tmp_path: str, final_path: str) -> None:
+            if final_path.endswith(self.filename_tmpl.format(self.kill_at_step)):
+                raise Interrupted(f'killed while saving {final_path} (written: {tmp_path})')
+            super()._publish(tmp_path, final_path)
+
+
+_register_interrupted_save_hook()

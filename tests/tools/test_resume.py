@@ -154,3 +154,126 @@ def test_resumed_final_state_equals_uninterrupted(runs):
     for k in hub_full:
         if 'loss' in k:
             np.testing.assert_allclose(hub_res[k].data[0], hub_full[k].data[0], rtol=1e-6)
+
+
+# --- kills at the awkward moments: mid-epoch, during a save, a truncated last checkpoint -------
+
+MID_EPOCH_KILL = 3  # after iteration 3: the first batch of epoch 2 is done, the second is not
+ITER_CKPTS = "default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook', by_epoch=False, " \
+    "interval=1, max_keep_ckpts=2))"
+KEEP_ONE = "default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook', interval=1, " \
+    "max_keep_ckpts=1))"
+
+
+def _with(cfg: str, path: str, text: str) -> str:
+    with open(path, 'w') as f:
+        f.write(f"_base_ = [{cfg!r}]\n{text}\n")
+    return path
+
+
+@pytest.fixture(scope='module')
+def hard_kills(runs, tmp_path_factory):
+    root = tmp_path_factory.mktemp('kills')
+    cfg = osp.join(osp.dirname(runs['full_dir']), 'tiny.py')
+    env = subprocess_env(**CPU_ONLY)
+    out = {}
+
+    # a kill in mid-epoch, resumed from the iteration checkpoint iter_3.pth
+    mid_cfg = _with(cfg, str(root / 'mid.py'), ITER_CKPTS)
+    mid_crash = _with(mid_cfg, str(root / 'mid_crash.py'), f"""custom_hooks = [
+    dict(type='RecordRankLossesHook'), dict(type='InterruptAfterIterHook', iters={MID_EPOCH_KILL})]""")
+    mid_dir = str(root / 'mid')
+    crashed = run_tool(['tools/train.py', mid_crash, '--work-dir', mid_dir], env=env, check=False)
+    resumed = run_tool(['tools/train.py', mid_cfg, '--work-dir', mid_dir, '--resume'], env=env)
+    out['mid'] = dict(dir=mid_dir, crashed=crashed, log=resumed.stdout + resumed.stderr,
+                      final=f'iter_{EPOCHS * ITERS_PER_EPOCH}.pth')
+
+    # killed between writing epoch 2's checkpoint and renaming it (max_keep_ckpts=1)
+    keep_one = _with(cfg, str(root / 'keep_one.py'), KEEP_ONE)
+    save_crash = _with(cfg, str(root / 'save_crash.py'), "default_hooks = dict(checkpoint=dict("
+                       "type='KilledDuringSaveCheckpointHook', interval=1, max_keep_ckpts=1, "
+                       "kill_at_step=2))")
+    save_dir = str(root / 'save')
+    crashed = run_tool(['tools/train.py', save_crash, '--work-dir', save_dir], env=env,
+                       check=False)
+    files = sorted(os.listdir(save_dir))
+    with open(osp.join(save_dir, 'last_checkpoint')) as f:
+        recorded = f.read().strip()
+    resumed = run_tool(['tools/train.py', keep_one, '--work-dir', save_dir, '--resume'], env=env)
+    out['save'] = dict(dir=save_dir, crashed=crashed, files=files, recorded=recorded,
+                       log=resumed.stdout + resumed.stderr, final=f'epoch_{EPOCHS}.pth')
+
+    # the last checkpoint is truncated (disk full, copy cut short): resume from the one before
+    trunc_crash = _with(cfg, str(root / 'trunc_crash.py'), """custom_hooks = [
+    dict(type='RecordRankLossesHook'), dict(type='InterruptAfterEpochHook', epoch=2)]""")
+    trunc_dir = str(root / 'trunc')
+    run_tool(['tools/train.py', trunc_crash, '--work-dir', trunc_dir], env=env, check=False)
+    last = osp.join(trunc_dir, 'epoch_2.pth')
+    with open(last, 'rb') as f:
+        data = f.read()
+    with open(last, 'wb') as f:
+        f.write(data[:len(data) // 3])
+    resumed = run_tool(['tools/train.py', cfg, '--work-dir', trunc_dir, '--resume'], env=env)
+    out['trunc'] = dict(dir=trunc_dir, log=resumed.stdout + resumed.stderr, truncated=last,
+                        final=f'epoch_{EPOCHS}.pth')
+    return out
+
+
+def assert_trains_like_uninterrupted(full_dir: str, work_dir: str, final: str) -> None:
+    """Per-iteration losses and images (the last record of an iteration trained twice) and the
+    final weights and momentum equal those of the uninterrupted run."""
+    full = read_jsonl(osp.join(full_dir, 'losses_rank0.jsonl'))
+    last_of_iter = {r['iter']: r for r in read_jsonl(osp.join(work_dir, 'losses_rank0.jsonl'))}
+    assert sorted(last_of_iter) == [r['iter'] for r in full] == list(range(EPOCHS *
+                                                                          ITERS_PER_EPOCH))
+    for a in full:
+        b = last_of_iter[a['iter']]
+        assert a['img_ids'] == b['img_ids'], a['iter']
+        for k in a:
+            if 'loss' in k:
+                assert b[k] == pytest.approx(a[k], rel=1e-6, abs=1e-7), (a['iter'], k)
+    ref = load(full_dir, EPOCHS)
+    got = torch.load(osp.join(work_dir, final), map_location='cpu', weights_only=True)
+    diff = max((ref['state_dict'][k].double() - got['state_dict'][k].double()).abs().max().item()
+               for k in ref['state_dict'])
+    mom = max((ref['optimizer']['state'][i]['momentum_buffer'] -
+               got['optimizer']['state'][i]['momentum_buffer']).abs().max().item()
+              for i in ref['optimizer']['state'])
+    assert diff <= 1e-6 and mom <= 1e-6, (diff, mom)
+    assert got['meta']['iter'] == EPOCHS * ITERS_PER_EPOCH
+
+
+def test_mid_epoch_kill_resumes_at_the_next_batch(runs, hard_kills):
+    mid = hard_kills['mid']
+    assert f'interrupted after iteration {MID_EPOCH_KILL}' in mid['crashed'].stderr
+    assert f'resumed epoch: 1, iter: {MID_EPOCH_KILL}' in mid['log']
+    assert 'resuming epoch 2 after its first 1 batches' in mid['log']
+    # each iteration trained exactly once: no batch twice, none skipped, no extra iterations
+    iters = [r['iter'] for r in read_jsonl(osp.join(mid['dir'], 'losses_rank0.jsonl'))]
+    assert iters == list(range(EPOCHS * ITERS_PER_EPOCH))
+    assert_trains_like_uninterrupted(runs['full_dir'], mid['dir'], mid['final'])
+
+
+def test_kill_during_save_keeps_the_previous_checkpoint(runs, hard_kills):
+    save = hard_kills['save']
+    assert 'killed while saving' in save['crashed'].stderr
+    # the previous checkpoint survived (mmengine deletes it before writing the next one), the
+    # record points at it, and the half-done save is only a temporary file
+    assert 'epoch_1.pth' in save['files'] and 'epoch_2.pth' not in save['files']
+    assert '.epoch_2.pth.tmp' in save['files']
+    assert save['recorded'].endswith('epoch_1.pth')
+    assert 'resumed epoch: 1' in save['log']
+    assert_trains_like_uninterrupted(runs['full_dir'], save['dir'], save['final'])
+    # max_keep_ckpts=1 still holds once the run is done
+    assert sorted(f for f in os.listdir(save['dir']) if f.startswith('epoch_')) == \
+        [f'epoch_{EPOCHS}.pth']
+
+
+def test_truncated_last_checkpoint_falls_back_to_the_newest_intact_one(runs, hard_kills):
+    trunc = hard_kills['trunc']
+    warning = [line for line in trunc['log'].splitlines() if 'newest intact checkpoint' in line]
+    assert warning, trunc['log'][-3000:]
+    assert trunc['truncated'] in warning[0]
+    assert osp.join(trunc['dir'], 'epoch_1.pth') in warning[0]
+    assert 'resumed epoch: 1' in trunc['log']
+    assert_trains_like_uninterrupted(runs['full_dir'], trunc['dir'], trunc['final'])

@@ -60,6 +60,7 @@ module; the data preprocessor's mean/std are non-persistent buffers in mmengine.
 import argparse
 import os
 import os.path as osp
+import pickle
 import re
 import sys
 from collections import OrderedDict
@@ -318,16 +319,12 @@ def config_classes(config: str) -> Optional[tuple]:
 
 
 def load_source(path: str, unsafe: bool = False) -> dict:
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'source checkpoint {path!r} does not exist')
+    """The source checkpoint, read weights-only (``lors_det.checkpoint``) unless ``unsafe``."""
+    from lors_det.checkpoint import load_checkpoint_file
     try:
-        return torch.load(path, map_location='cpu', weights_only=not unsafe)
-    except Exception as error:  # pickle.UnpicklingError from the weights-only loader
-        if unsafe:
-            raise
-        raise ConversionError(
-            f'{path}: torch.load(weights_only=True) refused it ({type(error).__name__}: '
-            f'{error}). If you trust the file, rerun with --unsafe-load.') from error
+        return load_checkpoint_file(path, unsafe=unsafe)
+    except (FileNotFoundError, pickle.UnpicklingError, RuntimeError) as error:
+        raise ConversionError(str(error)) from error
 
 
 def convert_file(src: str, dst: str, config: Optional[str] = None,

@@ -30,7 +30,8 @@ import torch  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 
-import lors_det  # noqa: E402,F401  (registers the models and the checkpoint allow-list)
+import lors_det  # noqa: E402,F401  (registers the models)
+from lors_det.checkpoint import load_checkpoint_file  # noqa: E402
 from lors_det.models.lors import fold_lors_state_dict, plain_adamixer_model_cfg  # noqa: E402
 from mmdet.registry import MODELS  # noqa: E402
 
@@ -45,9 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _read_state_dict(path: str) -> dict:
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'checkpoint {path!r} does not exist')
-    checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    checkpoint = load_checkpoint_file(path)
     return checkpoint.get('state_dict', checkpoint)
 
 

@@ -53,7 +53,7 @@ val_dataloader = dict(
 test_dataloader = val_dataloader
 
 val_evaluator = dict(
-    type='CocoMetric',
+    type='CheckedCocoMetric',
     ann_file=data_root + 'annotations/instances_val2017.json',
     metric='bbox',
     format_only=False,
@@ -62,5 +62,5 @@ test_evaluator = val_evaluator
 
 # test-dev2017: point test_dataloader.dataset at
 # 'annotations/image_info_test-dev2017.json' / 'test2017/' and set
-# test_evaluator = dict(type='CocoMetric', metric='bbox', format_only=True,
+# test_evaluator = dict(type='CheckedCocoMetric', metric='bbox', format_only=True,
 #                       ann_file=..., outfile_prefix='./work_dirs/coco_detection/test')

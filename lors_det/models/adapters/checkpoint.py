@@ -20,6 +20,7 @@ from typing import Set, Tuple, Union
 import torch
 import torch.nn as nn
 
+from ...checkpoint import load_checkpoint_file
 from .base import AdapterBase, is_adapter_key
 
 CONTENTS = ('adapter', 'trainable')
@@ -83,9 +84,7 @@ def save_adapter_checkpoint(model: nn.Module, path: str, meta: dict = None,
 
 def _read(checkpoint: Union[str, dict]) -> Tuple[dict, dict]:
     if isinstance(checkpoint, str):
-        if not os.path.isfile(checkpoint):
-            raise FileNotFoundError(f'checkpoint {checkpoint!r} does not exist')
-        checkpoint = torch.load(checkpoint, map_location='cpu', weights_only=True)
+        checkpoint = load_checkpoint_file(checkpoint)
     if 'state_dict' in checkpoint:
         return checkpoint['state_dict'], checkpoint.get('meta') or {}
     return checkpoint, {}
@@ -161,7 +160,6 @@ def extract_adapter_checkpoint(full_checkpoint: str, out_path: str, config: str 
     ``contents`` defaults to 'trainable' with a ``config`` (needed to know which base weights
     are frozen) and to 'adapter' (vera_* / condlora_* keys only) without one.
     """
-    import lors_det  # noqa: F401  (allow-lists mmengine checkpoint types for weights_only)
     contents = contents or ('trainable' if config else 'adapter')
     if contents not in CONTENTS:
         raise ValueError(f'--contents must be one of {CONTENTS}, got {contents!r}')

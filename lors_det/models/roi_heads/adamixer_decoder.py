@@ -4,7 +4,8 @@ Stage loop (train and test): ``cls, delta, content = stage(x, xyzr, content)``, 
 ``xyzr = refine_xyzr(xyzr, delta)`` and ``boxes = decode(xyzr)``. In training the xyzr handed to
 the next stage is detached (the content is not), and every stage gets its own Hungarian matching
 and loss (keys ``s{i}.loss_cls / loss_bbox / loss_iou / pos_acc``). Inference uses the last stage
-only: top-k over all sigmoid scores, label = index % num_classes, no NMS, no clipping.
+only: top-k over all sigmoid scores (sorted), label = index % num_classes, no NMS; boxes are
+clipped to the image (the network input, and the original image when rescaled).
 
 The queries come from ``InitialQueryGenerator`` (``xyzr``, ``features``, ``imgs_whwh`` per image).
 """
@@ -20,6 +21,17 @@ from mmengine.structures import InstanceData
 from torch import Tensor
 
 from ..layers import bbox_xyxy_to_xyzr, refine_xyzr, xyzr_to_bbox_xyxy
+
+
+def clip_to_image(bboxes: Tensor, img_meta: dict, shape_key: str) -> Tensor:
+    """``bboxes`` (x1, y1, x2, y2) clamped to the image ``img_meta[shape_key]`` = (h, w), as
+    mmdet's DETR-style heads do; unchanged when the meta has no such shape."""
+    shape = img_meta.get(shape_key)
+    if shape is None:
+        return bboxes
+    height, width = shape[:2]
+    bounds = bboxes.new_tensor([width, height, width, height])
+    return torch.minimum(bboxes.clamp(min=0), bounds)
 
 
 @MODELS.register_module()
@@ -168,12 +180,15 @@ class AdaMixerDecoder(SparseRoIHead):
         for img_id, img_meta in enumerate(batch_img_metas):
             flat_scores = scores[img_id].flatten()
             k = min(rcnn_test_cfg['max_per_img'], flat_scores.numel())
-            top_scores, top_inds = flat_scores.topk(k, sorted=False)
-            bboxes = last['decoded_bboxes'][img_id][top_inds // num_classes]
+            top_scores, top_inds = flat_scores.topk(k, sorted=True)
+            bboxes = clip_to_image(last['decoded_bboxes'][img_id][top_inds // num_classes],
+                                   img_meta, 'img_shape')
             if rescale:
                 if img_meta.get('scale_factor') is None:
                     raise KeyError('rescale=True needs img_meta["scale_factor"]')
                 bboxes = bboxes / bboxes.new_tensor(img_meta['scale_factor']).repeat(2)
+                # dividing by the rounded resize factor can overshoot the original image
+                bboxes = clip_to_image(bboxes, img_meta, 'ori_shape')
             results_list.append(
                 InstanceData(bboxes=bboxes, scores=top_scores, labels=top_inds % num_classes))
         return results_list
