@@ -4,22 +4,13 @@
 # G=4, P_in=16), LORS^A core k=8 (= C/8 as in the COCO config's 16 = 128/8), K=1,1,2,2,3,3,
 # LORS^T rank 8. Decoder: 4,033,772 parameters (plain demo: 9,453,804);
 # tests/lors_adamixer/test_lors_configs.py derives both.
-# (the LORS options are those of configs/_base_/models/adamixer-lors_decoder.py, with k=8 and
-# the demo's smaller mixer)
 _base_ = './adamixer_tiny_1xb8-demo_digits.py'
 model = dict(
     roi_head=dict(
         type='AdaMixerLORSDecoder',
-        bbox_head=dict(
-            n_groups=2,
-            in_points=32,
-            out_points=32,
-            mixing_cfg=dict(_delete_=True, type='LORSStageMixer')),
+        bbox_head=dict(n_groups=2, in_points=32, out_points=32),
         lors_cfg=dict(
-            kernel_sizes=[8] * 6,
-            kernel_groups=[1, 1, 2, 2, 3, 3],
-            out_proj_ranks=[8] * 6,
-            out_proj_zero_init='B',
-            channel_residual='sequential',
-            spatial_residual='materialize',
-            shared=['parameter_generator', 'out_proj'])))
+            generator_rank=8,
+            generator_num_terms=[1, 1, 2, 2, 3, 3],
+            out_proj_rank=8,
+            out_proj_zero_init='B')))

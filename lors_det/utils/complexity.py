@@ -4,12 +4,10 @@ Both functions work on mmdet two-stage-style detectors (``backbone``, optional `
 ``rpn_head``, ``roi_head``), i.e. AdaMixer with or without LORS.
 
 Parameters (:func:`count_parameters`)
-    Every tensor is counted once (``model.parameters()`` de-duplicates shared tensors). The
-    decoder is split into ``decoder_shared``: tensors used by more than one decoder stage, and
-    ``decoder_private``: the rest of the decoder (tensors used by one stage). A stage uses its own
-    ``parameters()`` plus whatever its submodules list in ``referenced_parameters()``: the LORS
-    stage mixer (:class:`~lors_det.models.lors.LORSStageMixer`) references the shared stack
-    that the decoder owns.
+    Every tensor is counted once. The decoder is split by ownership: ``decoder_private`` are the
+    parameters registered under a stage (``roi_head.bbox_head[i]``), ``decoder_shared`` the
+    other decoder parameters, i.e. those of modules the decoder shares across its stages (LORS:
+    ``roi_head.shared_mixing``, which the stages reach through plain references).
 
 FLOPs (:func:`count_flops`)
     **FLOPs = 2 x MACs** (one multiply-add counts 2), the convention of
@@ -29,13 +27,13 @@ FLOPs (:func:`count_flops`)
 Per module and per role (:func:`count_module_flops`, :func:`count_flops_detailed`)
     ``count_module_flops`` records, for every submodule, the FLOPs counted while it runs
     (*inclusive*) and those not inside a module it calls (*exclusive*), along the call tree (a
-    LORS stage mixer calls the decoder's shared stack, which is not its child module; the stack's
+    LORS stage mixer calls the decoder's shared generator, which is not its child module; those
     FLOPs are still its callee's). The exclusive FLOPs of a mixer are its functional products:
     ``x @ M`` and ``S @ x`` with the generated matrices, and the LORS residual products.
     :func:`decoder_flops_by_role` groups the decoder's FLOPs into attention, sampling offsets,
     mixing generator, mixing products, mixing output projection, FFN and heads.
 """
-from collections import Counter, defaultdict
+from collections import defaultdict
 from typing import Callable, Dict, List, Tuple
 
 import torch
@@ -48,15 +46,6 @@ PARTS = (('backbone', 'backbone'), ('neck', 'neck'), ('query_generator', 'rpn_he
 
 def _numel(params) -> int:
     return sum(p.numel() for p in {id(p): p for p in params}.values())
-
-
-def _stage_parameter_ids(stage: nn.Module) -> set:
-    ids = {id(p) for p in stage.parameters()}
-    for module in stage.modules():
-        referenced = getattr(module, 'referenced_parameters', None)
-        if callable(referenced):
-            ids.update(id(p) for p in referenced())
-    return ids
 
 
 def count_parameters(model: nn.Module) -> Dict[str, int]:
@@ -76,12 +65,8 @@ def count_parameters(model: nn.Module) -> Dict[str, int]:
     if decoder is None or not isinstance(stages, nn.ModuleList):
         counts['decoder_shared'], counts['decoder_private'] = 0, counts['decoder']
         return counts
-    users = Counter()
-    for stage in stages:
-        users.update(_stage_parameter_ids(stage))
-    decoder_params = {id(p): p for p in decoder.parameters()}
-    counts['decoder_shared'] = sum(p.numel() for i, p in decoder_params.items() if users[i] > 1)
-    counts['decoder_private'] = counts['decoder'] - counts['decoder_shared']
+    counts['decoder_private'] = _numel(p for stage in stages for p in stage.parameters())
+    counts['decoder_shared'] = counts['decoder'] - counts['decoder_private']
     return counts
 
 
@@ -97,12 +82,10 @@ def count_fn_flops(fn: Callable, *args, **kwargs) -> Tuple[int, object]:
 def _prime_static_merges(model: nn.Module) -> None:
     """Fill the eval-mode merged-weight caches of every LORS^T stack (one-row forward per
     layer), so that the once-per-checkpoint ``W + B A`` is not counted as per-image work."""
-    from ..models.lors import LowRankResidualLinearStack
+    from ..models.lors import LowRankResidualLinear
     for module in model.modules():
-        if isinstance(module, LowRankResidualLinearStack):
-            probe = module.shared_weight.new_zeros(1, module.in_features)
-            for layer in range(module.num_layers):
-                module(probe, layer)
+        if isinstance(module, LowRankResidualLinear):
+            module(module.B.new_zeros(1, module.in_features))
 
 
 def count_flops(model: nn.Module, batch_inputs: torch.Tensor,
@@ -168,14 +151,14 @@ def count_module_flops(root: nn.Module, fn: Callable, *args,
 
 
 # Roles of the decoder's FLOPs, by the segments of a module's name (first match wins; the
-# exclusive FLOPs of the mixers themselves, ``adaptive_mixing`` / ``lors_mixing``, are the
-# products with the per-query generated matrices and the LORS residuals).
+# exclusive FLOPs of the mixers and their LORS^A residual modules, all under
+# ``adaptive_mixing``, are the products with the per-query generated matrices).
 DECODER_ROLES = (
     ('attention', ('attention',)),
     ('sampling_offsets', ('sampling_offset_generator',)),
-    ('mixing_generator', ('parameter_generator', 'core_generators')),
+    ('mixing_generator', ('parameter_generator', 'core_generator')),
     ('mixing_out_proj', ('out_proj',)),
-    ('mixing_products', ('adaptive_mixing', 'lors_mixing')),
+    ('mixing_products', ('adaptive_mixing',)),
     ('ffn', ('ffn',)),
     ('heads', ('cls_fcs', 'reg_fcs', 'fc_cls', 'fc_reg')),
 )
@@ -207,7 +190,7 @@ def count_flops_detailed(model: nn.Module, batch_inputs: torch.Tensor,
     :func:`count_flops`'s dict (same arguments, same eval-mode pass); ``decoder_roles`` is
     :func:`decoder_flops_by_role` of the decoder (sums to ``parts['decoder']``);
     ``decoder_stages[i]`` the FLOPs of ``roi_head.bbox_head[i]`` (inclusive, along the call
-    tree: a LORS stage includes its use of the shared stack).
+    tree: a LORS stage includes its use of the shared weights).
     """
     for attr in ('backbone', 'rpn_head', 'roi_head'):
         if getattr(model, attr, None) is None:

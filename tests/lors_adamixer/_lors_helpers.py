@@ -43,7 +43,8 @@ def offline(model_cfg):
 
 def tiny_lors_cfg(zero_init='B', **lors_overrides):
     """The shipped LORS R-50 model config scaled down: R-18 with 8 base channels, 32-d queries,
-    3 stages, G=2 (C=16), P_in=4, P_out=6, k=[2,3,4], K=[1,2,3], r=[2,3,4]."""
+    3 stages, G=2 (C=16), P_in=4, P_out=6, LORS^A rank k=[2,3,4] with K=[1,2,3] terms, LORS^T
+    rank r=[2,3,4]."""
     model = offline(load_cfg('lors/adamixer-lors_r50_8xb2-1x_coco.py').model)
     model.backbone.update(depth=18, base_channels=8, zero_init_residual=False)
     model.neck.update(in_channels=[8, 16, 32, 64], out_channels=DIM)
@@ -53,7 +54,7 @@ def tiny_lors_cfg(zero_init='B', **lors_overrides):
     model.roi_head.bbox_head.update(
         num_classes=NUM_CLASSES, num_heads=4, feedforward_channels=64, content_dim=DIM,
         feat_channels=DIM, in_points=P_IN, out_points=P_OUT, n_groups=G)
-    model.roi_head.lors_cfg.update(kernel_sizes=KS, kernel_groups=KG, out_proj_ranks=RS,
+    model.roi_head.lors_cfg.update(generator_rank=KS, generator_num_terms=KG, out_proj_rank=RS,
                                    out_proj_zero_init=zero_init, **lors_overrides)
     model.test_cfg.rcnn.max_per_img = NUM_QUERY * NUM_CLASSES
     return model
@@ -79,18 +80,25 @@ def spread_queries(model, seed=0):
         for stage in model.roi_head.bbox_head:
             stage.fc_reg.weight.copy_(0.05 * torch.randn(stage.fc_reg.weight.shape, generator=gen))
             stage.fc_cls.weight.copy_(0.5 * torch.randn(stage.fc_cls.weight.shape, generator=gen))
-        shared = model.roi_head.lors_mixing.parameter_generator.weight
+        shared = model.roi_head.shared_mixing.parameter_generator.weight
         shared.copy_(0.02 * torch.randn(shared.shape, generator=gen))
 
 
-def randomize_private_terms(stack, seed=1, scale=0.1):
+def mixers(model):
+    """The stages' LORS mixers, stage order."""
+    return [stage.sampling_n_mixing.adaptive_mixing for stage in model.roi_head.bbox_head]
+
+
+def randomize_private_terms(model, seed=1, scale=0.1):
     """Every zero-initialised LORS term non-zero: core generators, the zero LORS^T factor and the
     private out-projection biases."""
     gen = torch.Generator().manual_seed(seed)
-    out_proj = stack.out_proj
-    zero_factors = out_proj.private_B if out_proj.zero_init == 'B' else out_proj.private_A
-    params = [p for g in stack.core_generators for p in g.parameters()]
-    params += list(zero_factors) + list(out_proj.private_bias)
+    params = []
+    for mixer in mixers(model):
+        params += list(mixer.channel_residual.core_generator.parameters())
+        params += list(mixer.spatial_residual.core_generator.parameters())
+        out_proj = mixer.out_proj
+        params += [out_proj.B if out_proj.zero_init == 'B' else out_proj.A, out_proj.bias]
     with torch.no_grad():
         for p in params:
             p.copy_(scale * torch.randn(p.shape, generator=gen))

@@ -6,23 +6,20 @@
 # Released LORS code (li-jl16/LORS, famixer_r50_lors_*; lors_spec.md sections 2-3):
 # * the mixer runs with G=2 groups and P_in=64 sampled points (AdaMixer: G=4, P_in=32); the
 #   spatial output stays P_out=128, so the out-projection input stays 2*128*128 = 32768;
-# * shared across the stages: the mixing-parameter generator Linear(256 -> 2*(128^2 + 64*128))
-#   (LORS^A) and the out-projection weight 32768 -> 256 (LORS^T);
-# * private per stage: K_i LORS^A terms with k x k cores (k=16, K=1,1,2,2,3,3), a rank-8 LORS^T
-#   residual with B zero-initialised, the out-projection bias; and, as in AdaMixer, attention,
-#   sampling offsets, FFN, norms and heads.
+# * shared across the stages (roi_head.shared_mixing): the mixing-parameter generator
+#   Linear(256 -> 2*(128^2 + 64*128)) (LORS^A) and the out-projection weight 32768 -> 256
+#   (LORS^T);
+# * private per stage (roi_head.bbox_head.<i>.sampling_n_mixing.adaptive_mixing): K_i LORS^A
+#   terms with k x k cores (k=16, K=1,1,2,2,3,3), a rank-8 LORS^T residual with B
+#   zero-initialised, the out-projection bias; and, as in AdaMixer, attention, sampling offsets,
+#   FFN, norms and heads.
 lors_roi_head = dict(
     type='AdaMixerLORSDecoder',
-    bbox_head=dict(
-        n_groups=2,
-        in_points=64,
-        out_points=128,
-        mixing_cfg=dict(_delete_=True, type='LORSStageMixer')),
+    bbox_head=dict(n_groups=2, in_points=64, out_points=128),
     lors_cfg=dict(
-        kernel_sizes=[16] * 6,
-        kernel_groups=[1, 1, 2, 2, 3, 3],
-        out_proj_ranks=[8] * 6,
-        out_proj_zero_init='B',
-        channel_residual='sequential',
-        spatial_residual='materialize',
-        shared=['parameter_generator', 'out_proj']))
+        share_generator=True,
+        share_out_proj=True,
+        generator_rank=16,
+        generator_num_terms=[1, 1, 2, 2, 3, 3],
+        out_proj_rank=8,
+        out_proj_zero_init='B'))

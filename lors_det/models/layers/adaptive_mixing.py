@@ -46,6 +46,11 @@ def _check_divisible(name: str, value: int, n_groups: int) -> None:
 class AdaptiveMixing(BaseModule):
     """Query-conditioned channel mixing (ACM) and spatial mixing (ASM), then ``out_proj``.
 
+    The skeleton (:meth:`forward`) is fixed; subclasses change how the mixing matrices and the
+    projection are built and applied, through :meth:`build_parameter_generator`,
+    :meth:`build_out_proj`, :meth:`generate_mixing_params`, :meth:`mix_channels` and
+    :meth:`mix_points` (LORS: ``lors_det.models.lors.LORSAdaptiveMixing``).
+
     Args:
         in_dim: channels of the sampled features (all groups together).
         in_points: sampled points per group, P_in.
@@ -77,42 +82,70 @@ class AdaptiveMixing(BaseModule):
         self.group_out_dim = out_dim // n_groups
         self.num_m_params = self.group_in_dim * self.group_out_dim
         self.num_s_params = in_points * out_points
+        self.num_generated = n_groups * (self.num_m_params + self.num_s_params)
+        self.proj_in_dim = self.group_out_dim * out_points * n_groups
 
-        # Sequential so the checkpoint key is `parameter_generator.0`, as in the official code
-        self.parameter_generator = nn.Sequential(
-            nn.Linear(query_dim, n_groups * (self.num_m_params + self.num_s_params)))
-        self.out_proj = nn.Linear(self.group_out_dim * out_points * n_groups, query_dim)
+        self.parameter_generator = self.build_parameter_generator()
+        self.out_proj = self.build_out_proj()
         self.act = nn.ReLU(inplace=True)
         self.init_weights()
+
+    def build_parameter_generator(self) -> Optional[nn.Module]:
+        # Sequential so the checkpoint key is `parameter_generator.0`, as in the official code
+        return nn.Sequential(nn.Linear(self.query_dim, self.num_generated))
+
+    def build_out_proj(self) -> nn.Module:
+        return nn.Linear(self.proj_in_dim, self.query_dim)
 
     def init_weights(self) -> None:
         # zero weight: at init M and S come from the bias alone, identical for every query
         nn.init.zeros_(self.parameter_generator[-1].weight)
 
-    def generate_mixing_params(self, query: Tensor):
-        """Per-query mixing matrices: M [B*N, G, C_in, C_out] and S [B*N, G, P_out, P_in]."""
-        params = self.parameter_generator(query).reshape(-1, self.n_groups,
-                                                         self.num_m_params + self.num_s_params)
+    def split_mixing_params(self, params: Tensor):
+        """Generator output ``[..., G*(C_in*C_out + P_in*P_out)]`` (per group: M row-major,
+        then S row-major) -> M ``[..., G, C_in, C_out]``, S ``[..., G, P_out, P_in]``."""
+        params = params.unflatten(-1, (self.n_groups, self.num_m_params + self.num_s_params))
         m_params, s_params = params.split([self.num_m_params, self.num_s_params], dim=-1)
-        m = m_params.reshape(-1, self.n_groups, self.group_in_dim, self.group_out_dim)
-        s = s_params.reshape(-1, self.n_groups, self.out_points, self.in_points)
-        return m, s
+        return (m_params.unflatten(-1, (self.group_in_dim, self.group_out_dim)),
+                s_params.unflatten(-1, (self.out_points, self.in_points)))
+
+    def join_mixing_params(self, m: Tensor, s: Tensor) -> Tensor:
+        """Inverse of :meth:`split_mixing_params`."""
+        return torch.cat([m.flatten(-2), s.flatten(-2)], dim=-1).flatten(-2)
+
+    def generate_mixing_params(self, query: Tensor):
+        """Per-query mixing matrices: M [Q, G, C_in, C_out] and S [Q, G, P_out, P_in]."""
+        return self.split_mixing_params(self.parameter_generator(query.reshape(-1,
+                                                                               self.query_dim)))
+
+    def mix_channels(self, x: Tensor, m) -> Tensor:
+        """ACM product ``x @ M``: ``x`` [Q, G, P_in, C_in] -> [Q, G, P_in, C_out]."""
+        return torch.matmul(x, m)
+
+    def mix_points(self, x: Tensor, s) -> Tensor:
+        """ASM product ``S @ x``: ``x`` [Q, G, P_in, C_out] -> [Q, G, P_out, C_out]."""
+        return torch.matmul(s, x)
 
     def forward(self, sampled: Tensor, query: Tensor) -> Tensor:
         batch, num_query, groups, points, channels = sampled.shape
         if (groups, points, channels) != (self.n_groups, self.in_points, self.group_in_dim):
             raise ValueError(
-                f'AdaptiveMixing expects sampled features [B, N, {self.n_groups}, '
+                f'{type(self).__name__} expects sampled features [B, N, {self.n_groups}, '
                 f'{self.in_points}, {self.group_in_dim}], got {list(sampled.shape)}')
         m, s = self.generate_mixing_params(query)
         out = sampled.reshape(batch * num_query, groups, points, channels)
 
-        out = torch.matmul(out, m)  # ACM: [B*N, G, P_in, C_out]
+        out = self.mix_channels(out, m)  # ACM: [B*N, G, P_in, C_out]
         out = self.act(F.layer_norm(out, out.shape[-2:]))
-        out = torch.matmul(s, out)  # ASM: [B*N, G, P_out, C_out]
+        out = self.mix_points(out, s)  # ASM: [B*N, G, P_out, C_out]
         out = self.act(F.layer_norm(out, out.shape[-2:]))
 
         return self.out_proj(out.reshape(batch, num_query, -1))
+
+    def plain_state_dict(self) -> dict:
+        """The plain ``AdaptiveMixing`` tensors of this mixer (itself, here; a LORS mixer folds
+        its shared and private parts)."""
+        return {k: v.detach().clone() for k, v in self.state_dict().items()}
 
 
 @MODELS.register_module()

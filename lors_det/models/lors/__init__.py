@@ -1,19 +1,18 @@
 """LORS (CVPR 2024): low-rank residual sharing across stacked layers.
 
-* :class:`LowRankResidualLinearStack` - LORS^T for any stack of N same-shape linear layers.
-* :class:`AdaptiveLowRankResidualGenerator` - LORS^A for N layers of query-generated matrices.
-* :class:`LORSAdaptiveMixingStack` - AdaMixer's adaptive mixing for all decoder stages with both.
-* :class:`LORSStageMixer` - one decoder stage's parameter-free view of that shared stack.
-* :mod:`.fold` - folding a trained stack into plain per-stage AdaMixer weights.
+* :class:`LowRankResidualLinear` - LORS^T: one layer of a stack sharing a dense weight.
+* :class:`AdaptiveLowRankResidual` - LORS^A: one layer's private residual of query-generated
+  matrices.
+* :class:`SharedMixingWeights`, :class:`LORSAdaptiveMixing` - AdaMixer's adaptive mixing with
+  both: the weights the decoder shares, and one stage's mixer with its private terms.
+* :mod:`.fold` - a trained LORS decoder as plain per-stage AdaMixer weights.
 """
-from .adaptive_lowrank_generator import AdaptiveLowRankResidualGenerator
-from .fold import fold_lors_mixing_stack, fold_lors_state_dict, plain_adamixer_model_cfg
-from .lors_adaptive_mixing import LORSAdaptiveMixingStack
-from .lors_stage_mixer import LORSStageMixer
-from .lowrank_residual_linear import LowRankResidualLinearStack
+from .adaptive_lowrank import AdaptiveLowRankResidual
+from .fold import fold_lors_state_dict, plain_adamixer_model_cfg
+from .lors_adaptive_mixing import LORSAdaptiveMixing, SharedMixingWeights
+from .lowrank_linear import LowRankResidualLinear
 
 __all__ = [
-    'AdaptiveLowRankResidualGenerator', 'LORSAdaptiveMixingStack', 'LORSStageMixer',
-    'LowRankResidualLinearStack', 'fold_lors_mixing_stack', 'fold_lors_state_dict',
-    'plain_adamixer_model_cfg'
+    'AdaptiveLowRankResidual', 'LORSAdaptiveMixing', 'LowRankResidualLinear',
+    'SharedMixingWeights', 'fold_lors_state_dict', 'plain_adamixer_model_cfg'
 ]

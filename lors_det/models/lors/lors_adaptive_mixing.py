@@ -1,208 +1,225 @@
-"""AdaMixer's adaptive mixing for all N decoder stages, with LORS^A on the generated mixing matrices
-and LORS^T on the output projection (lors_spec.md sections 2 and 6)."""
-from typing import Sequence, Union
+"""AdaMixer's adaptive mixing with LORS (lors_spec.md sections 2 and 6): the weights the stages
+share, and one stage's mixer, which owns its private terms."""
+import math
+from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmdet.registry import MODELS
+from mmengine.model import BaseModule
+from torch import Tensor
 
-from .adaptive_lowrank_generator import reset_core_generator, reset_shared_generator
-from .lowrank_ops import (apply_residual, check_choice, check_positive_int, materialize_residual,
-                          per_layer_ints)
-from .lowrank_residual_linear import LowRankResidualLinearStack
+from ..layers import AdaptiveMixing
+from .adaptive_lowrank import AdaptiveLowRankResidual
+from .checks import check_choice
+from .lowrank_linear import LowRankResidualLinear
 
 
 @MODELS.register_module()
-class LORSAdaptiveMixingStack(nn.Module):
-    r"""Adaptive channel + spatial mixing and output projection shared by ``num_stages`` stages.
+class SharedMixingWeights(BaseModule):
+    """The mixing weights all stages of a LORS decoder share, owned here once.
 
-    For stage i and query q (``G`` groups, ``C = feat_channels / G`` channels per group):
-
-    * ``[M_c(q), S_c(q)] = parameter_generator(q)``, one ``Linear(D -> G*(C*C + P_in*P_out))``
-      for all stages (zero weight, default bias: AdaMixer's generator). Per group, the first
-      ``C*C`` outputs are M (``C_in x C_out``), the next ``P_in*P_out`` are S (``P_out x P_in``).
-    * ``[E^M, E^S] = core_generators[i](q)``, ``Linear(D -> 2*G*K_i*k_i^2)``, zero weight and
-      bias; the first half are the ``G*K_i`` cores of M, the second those of S (index ``g*K_i+j``).
-    * ``M_i(q) = M_c(q) + sum_j ml[i][g,j] E^M_j(q) mr[i][g,j]`` with ``ml`` (``G*K_i, C, k``),
-      ``mr`` (``G*K_i, k, C``); ``S_i(q) = S_c(q) + sum_j sl E^S_j sr`` with ``sl``
-      (``G*K_i, P_out, k``), ``sr`` (``G*K_i, k, P_in``); all four ``kaiming_uniform_``.
-    * ``out_proj``: :class:`LowRankResidualLinearStack` ``G*C*P_out -> D``, shared weight without
-      bias, per stage rank-``r_i`` residual and bias.
-
-    ``forward`` is AdaMixer's ``AdaptiveMixing`` (adamixer_spec 1.7(b) steps 5-8) with these
-    matrices: ``x @ M``, non-affine LayerNorm over ``(P_in, C)``, ReLU; ``S @ .``, LayerNorm over
-    ``(P_out, C)``, ReLU; flatten in (group, point, channel) order; ``out_proj``. The residual add
-    and the per-stage ``out_norm`` LayerNorm belong to the decoder stage.
-
-    How each private residual is computed (MACs per query, group and term; default
-    C=128, P_in=64, P_out=128, k=16; see :func:`~.lowrank_ops.residual_macs`):
-
-    * **M, applied sequentially** (``channel_residual='sequential'``):
-      ``x @ M_c + ((x @ ml) @ E^M) @ mr`` costs ``P_in*k*(2C + k) = 278,528`` against
-      ``C*k*k + C*k*C = 294,912`` to materialise ``ml E mr``. ``x @ ml`` and ``. @ mr`` use static
-      weights, so they run as one GEMM over all queries; only the ``k x k`` step is per query, and
-      no ``(B*N, G, K, C, C)`` residual is stored for backward.
-    * **S, materialised** (``spatial_residual='materialize'``): ``sl @ (E^S @ sr)`` costs
-      ``k*k*P_in + P_out*k*P_in = 147,456`` and then rides along in ``S @ x`` (needed for
-      ``S_c`` anyway), while the sequential form would cost ``C*k*(P_in + k + P_out) = 425,984``.
-
-    Both choices can be switched (``'sequential'`` / ``'materialize'``) for other dimensions;
-    results are identical up to float rounding.
-
-    The shared and the stage's core generator are two ``F.linear`` calls, not one fused GEMM:
-    fusing would need either a per-forward ``torch.cat`` of the 12.6 M-entry shared weight (a copy
-    as large as the weight read of the GEMM itself) or a per-stage copy of the shared weight
-    (undoing the sharing). The core GEMM is only ``2*K_i*k^2 / (C^2 + P_in*P_out)`` = 2-6 % of the
-    shared one, so a second launch is the cheaper option.
+    * ``parameter_generator`` (``share_generator``): ``Linear(D -> G*(C*C + P_in*P_out))``,
+      AdaMixer's generator (zero weight, PyTorch-default bias), the ``W_shared(q)`` of LORS^A;
+    * ``out_proj`` (``share_out_proj``): ``Linear(G*C*P_out -> D)`` without bias, PyTorch's
+      default init, the ``W_shared`` of LORS^T.
 
     Args:
-        num_stages: N.
-        content_dim: D, the query dim (input of the generators, output of ``out_proj``).
-        feat_channels: channels of the sampled features, split into ``n_groups`` groups.
-        n_groups: G.
-        in_points, out_points: P_in (sampled points per group), P_out.
-        kernel_sizes: LORS^A core size k_i, an int or one per stage, in
-            ``[1, min(C, in_points, out_points)]``.
-        kernel_groups: LORS^A terms K_i, an int or one per stage.
-        out_proj_ranks: LORS^T rank r_i of the output projection, int or one per stage.
-        out_proj_zero_init: ``'A'`` or ``'B'``, see :class:`LowRankResidualLinearStack`.
-        channel_residual, spatial_residual: ``'sequential'`` or ``'materialize'``.
+        query_dim: D. channels: C (per group). n_groups: G. in_points, out_points: P_in, P_out.
+        share_generator, share_out_proj: which of the two exists.
+    """
+
+    def __init__(self, query_dim: int, channels: int, n_groups: int, in_points: int,
+                 out_points: int, share_generator: bool = True, share_out_proj: bool = True):
+        super().__init__()
+        if share_generator:
+            self.parameter_generator = nn.Linear(
+                query_dim, n_groups * (channels * channels + in_points * out_points))
+        if share_out_proj:
+            self.out_proj = nn.Linear(n_groups * channels * out_points, query_dim, bias=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        generator = getattr(self, 'parameter_generator', None)
+        if generator is not None:
+            nn.init.zeros_(generator.weight)
+            bound = 1 / math.sqrt(generator.in_features)
+            nn.init.uniform_(generator.bias, -bound, bound)
+        out_proj = getattr(self, 'out_proj', None)
+        if out_proj is not None:
+            out_proj.reset_parameters()
+
+
+@MODELS.register_module()
+class LORSAdaptiveMixing(AdaptiveMixing):
+    r"""One decoder stage's adaptive mixing on weights shared with the other stages.
+
+    ``shared`` (:class:`SharedMixingWeights`, a plain reference: the decoder owns it) holds the
+    shared generator and/or out-projection weight; this mixer owns its private terms:
+
+    * with a shared generator (LORS^A), ``M_i(q) = M_c(q) + sum_j B E_j(q) A`` and the same for
+      ``S`` (:class:`AdaptiveLowRankResidual` ``channel_residual`` ``C x C`` and
+      ``spatial_residual`` ``P_out x P_in``, ``generator_num_terms`` terms of
+      ``generator_rank``); otherwise its own AdaMixer generator;
+    * with a shared out-projection (LORS^T), ``out_proj`` is a :class:`LowRankResidualLinear`
+      (``out_proj_num_terms`` terms of ``out_proj_rank``, own bias); otherwise its own Linear.
+
+    The ACM/ASM skeleton is :class:`AdaptiveMixing`'s. How the residuals are applied:
+    ``channel_residual='sequential'`` computes ``x @ M_c + ((x B) E) A`` (a per-query ``k x k``
+    step between two static GEMMs; no per-query ``C x C`` residual is formed or kept for
+    backward), ``'materialize'`` forms ``M_i(q)``; for ``S`` (``spatial_residual``) forming it is
+    cheaper at the released dims (``AdaptiveLowRankResidual.macs``). Results agree either way.
+
+    Args:
+        in_dim, in_points, out_points, n_groups, query_dim, out_dim: as ``AdaptiveMixing``
+            (filled in by the stage).
+        shared: the decoder's :class:`SharedMixingWeights`.
+        generator_rank, generator_num_terms: LORS^A core size k and terms K.
+        out_proj_rank, out_proj_num_terms: LORS^T rank r and terms.
+        out_proj_zero_init: the LORS^T factor that starts at zero ('B': released code).
+        channel_residual, spatial_residual: 'sequential' or 'materialize'.
     """
 
     def __init__(self,
-                 num_stages: int = 6,
-                 content_dim: int = 256,
-                 feat_channels: int = 256,
-                 n_groups: int = 2,
-                 in_points: int = 64,
-                 out_points: int = 128,
-                 kernel_sizes: Union[int, Sequence[int]] = 16,
-                 kernel_groups: Union[int, Sequence[int]] = (1, 1, 2, 2, 3, 3),
-                 out_proj_ranks: Union[int, Sequence[int]] = 8,
-                 out_proj_zero_init: str = 'A',
+                 in_dim: int,
+                 in_points: int,
+                 out_points: int,
+                 n_groups: int,
+                 query_dim: int,
+                 out_dim: Optional[int] = None,
+                 shared: Optional[SharedMixingWeights] = None,
+                 generator_rank: int = 16,
+                 generator_num_terms: int = 1,
+                 out_proj_rank: int = 8,
+                 out_proj_num_terms: int = 1,
+                 out_proj_zero_init: str = 'B',
                  channel_residual: str = 'sequential',
-                 spatial_residual: str = 'materialize'):
-        super().__init__()
-        owner = type(self).__name__
-        self.num_stages = check_positive_int(num_stages, 'num_stages', owner)
-        self.content_dim = check_positive_int(content_dim, 'content_dim', owner)
-        self.feat_channels = check_positive_int(feat_channels, 'feat_channels', owner)
-        self.n_groups = check_positive_int(n_groups, 'n_groups', owner)
-        self.in_points = check_positive_int(in_points, 'in_points', owner)
-        self.out_points = check_positive_int(out_points, 'out_points', owner)
-        if self.feat_channels % self.n_groups:
-            raise ValueError(f'{owner}: `feat_channels`={feat_channels} must be divisible by '
-                             f'`n_groups`={n_groups}')
-        self.channels = self.feat_channels // self.n_groups
-        G, C, P_in, P_out = self.n_groups, self.channels, self.in_points, self.out_points
-        self.kernel_sizes = per_layer_ints(
-            kernel_sizes, self.num_stages, 'kernel_sizes', owner, high=min(C, P_in, P_out),
-            high_name='min(feat_channels/n_groups, in_points, out_points)')
-        self.kernel_groups = per_layer_ints(kernel_groups, self.num_stages, 'kernel_groups', owner)
-        proj_in = G * C * P_out
-        self.out_proj_ranks = per_layer_ints(
-            out_proj_ranks, self.num_stages, 'out_proj_ranks', owner,
-            high=min(proj_in, self.content_dim),
-            high_name='min(feat_channels*out_points, content_dim)')
-        self.channel_residual = check_choice(channel_residual, ('sequential', 'materialize'),
-                                             'channel_residual', owner)
-        self.spatial_residual = check_choice(spatial_residual, ('sequential', 'materialize'),
-                                             'spatial_residual', owner)
+                 spatial_residual: str = 'materialize',
+                 init_cfg=None):
+        if not isinstance(shared, SharedMixingWeights):
+            raise TypeError('LORSAdaptiveMixing needs the decoder\'s SharedMixingWeights as '
+                            f'`shared`, got {type(shared).__name__}; build it through '
+                            'AdaMixerLORSDecoder')
+        if out_dim not in (None, in_dim):
+            raise ValueError(f'out_dim={out_dim} must equal in_dim={in_dim}: LORS mixes '
+                             'channels C -> C')
+        # read by the build_* hooks, which AdaptiveMixing.__init__ calls
+        object.__setattr__(self, 'shared', shared)  # plain reference: the decoder owns it
+        self.generator_rank, self.generator_num_terms = generator_rank, generator_num_terms
+        self.out_proj_rank, self.out_proj_num_terms = out_proj_rank, out_proj_num_terms
+        self.out_proj_zero_init = out_proj_zero_init
+        self.channel_strategy = check_choice(channel_residual, ('sequential', 'materialize'),
+                                             'channel_residual')
+        self.spatial_strategy = check_choice(spatial_residual, ('sequential', 'materialize'),
+                                             'spatial_residual')
+        super().__init__(in_dim, in_points, out_points, n_groups, query_dim, init_cfg=init_cfg)
+        self._check_shared_shapes()
 
-        stages = list(zip(self.kernel_sizes, self.kernel_groups))
-        self.parameter_generator = nn.Linear(self.content_dim, G * (C * C + P_in * P_out))
-        self.core_generators = nn.ModuleList(
-            nn.Linear(self.content_dim, 2 * G * K * k * k) for k, K in stages)
-        self.ml = nn.ParameterList(nn.Parameter(torch.empty(G * K, C, k)) for k, K in stages)
-        self.mr = nn.ParameterList(nn.Parameter(torch.empty(G * K, k, C)) for k, K in stages)
-        self.sl = nn.ParameterList(nn.Parameter(torch.empty(G * K, P_out, k)) for k, K in stages)
-        self.sr = nn.ParameterList(nn.Parameter(torch.empty(G * K, k, P_in)) for k, K in stages)
-        self.out_proj = LowRankResidualLinearStack(
-            proj_in, self.content_dim, self.num_stages, ranks=self.out_proj_ranks, num_terms=1,
-            shared_bias=False, private_bias=True, zero_init=out_proj_zero_init)
-        self.reset_parameters()
+    def build_parameter_generator(self) -> Optional[nn.Module]:
+        self.shares_generator = hasattr(self.shared, 'parameter_generator')
+        if not self.shares_generator:
+            self.channel_residual = self.spatial_residual = None
+            return super().build_parameter_generator()
+        C, P_in, P_out = self.group_in_dim, self.in_points, self.out_points
+        self.channel_residual = self._residual('generator', C, C)
+        self.spatial_residual = self._residual('generator', P_out, P_in)
+        return None  # the shared one
 
-    def reset_parameters(self):
-        reset_shared_generator(self.parameter_generator)
-        for generator in self.core_generators:
-            reset_core_generator(generator)
-        with torch.no_grad():
-            for factor in [*self.ml, *self.mr, *self.sl, *self.sr]:
-                nn.init.kaiming_uniform_(factor)
-        self.out_proj.reset_parameters()
+    def _residual(self, key: str, rows: int, cols: int) -> AdaptiveLowRankResidual:
+        try:
+            return AdaptiveLowRankResidual(self.query_dim, rows, cols, self.n_groups,
+                                           rank=self.generator_rank,
+                                           num_terms=self.generator_num_terms)
+        except ValueError as error:
+            raise ValueError(f'{key}_{error}') from error
 
-    def init_weights(self):
-        """Re-apply the LORS init. mmengine's ``BaseModule.init_weights`` calls this on children;
-        a stage that re-initialises every ``nn.Linear`` (AdaMixer's xavier loop) must call it
-        afterwards, or the zero-initialised generators are lost."""
-        self.reset_parameters()
+    def build_out_proj(self) -> nn.Module:
+        shared = getattr(self.shared, 'out_proj', None)
+        if shared is None:
+            return super().build_out_proj()
+        try:
+            return LowRankResidualLinear(shared, rank=self.out_proj_rank,
+                                         num_terms=self.out_proj_num_terms, bias=True,
+                                         zero_init=self.out_proj_zero_init)
+        except ValueError as error:
+            raise ValueError(f'out_proj_{error}') from error
 
-    def factors(self, stage_idx: int):
-        """``(ml, mr, sl, sr)`` of a stage viewed with a ``(G, K_i)`` leading pair of dims."""
-        i = self._check_stage(stage_idx)
-        split = (self.n_groups, self.kernel_groups[i])
-        return tuple(p[i].unflatten(0, split) for p in (self.ml, self.mr, self.sl, self.sr))
+    def _check_shared_shapes(self) -> None:
+        if self.shares_generator and \
+                self.shared.parameter_generator.out_features != self.num_generated:
+            raise ValueError(f'the shared parameter_generator makes '
+                             f'{self.shared.parameter_generator.out_features} values, this '
+                             f'stage needs {self.num_generated}: all stages must have the same '
+                             'n_groups, in_points, out_points and feat_channels')
+        if isinstance(self.out_proj, LowRankResidualLinear) and \
+                (self.out_proj.in_features, self.out_proj.out_features) != (self.proj_in_dim,
+                                                                            self.query_dim):
+            raise ValueError('the shared out_proj does not fit this stage: all stages must '
+                             'have the same n_groups, out_points, feat_channels and content_dim')
 
-    def generate(self, query: torch.Tensor, stage_idx: int):
-        """Shared matrices and the stage's cores for ``query`` ``[Q, D]``:
-        ``M_c [Q,G,C,C]``, ``S_c [Q,G,P_out,P_in]``, ``E^M``, ``E^S`` ``[Q,G,K_i,k_i,k_i]``."""
-        i = self._check_stage(stage_idx)
-        G, C, P_in, P_out = self.n_groups, self.channels, self.in_points, self.out_points
-        k, K = self.kernel_sizes[i], self.kernel_groups[i]
-        shared = self.parameter_generator(query).unflatten(-1, (G, C * C + P_in * P_out))
-        M_c = shared[..., :C * C].unflatten(-1, (C, C))
-        S_c = shared[..., C * C:].unflatten(-1, (P_out, P_in))
-        cores = self.core_generators[i](query).unflatten(-1, (2, G, K, k, k))
-        core_m, core_s = cores.unbind(-5)
-        return M_c, S_c, core_m, core_s
-
-    def forward(self, sampled: torch.Tensor, query: torch.Tensor,
-                stage_idx: int) -> torch.Tensor:
-        """``sampled`` ``[B, N, G, P_in, C]``, ``query`` ``[B, N, D]`` -> ``[B, N, D]``."""
-        i = self._check_stage(stage_idx)
-        self._check_inputs(sampled, query)
-        B, N = query.shape[:2]
-        G, C, P_in, P_out = self.n_groups, self.channels, self.in_points, self.out_points
-        M_c, S_c, core_m, core_s = self.generate(query.reshape(B * N, -1), i)
-        ml, mr, sl, sr = self.factors(i)
-        x = sampled.reshape(B * N, G, P_in, C)
-
-        # adaptive channel mixing: x @ M_i(q)
-        if self.channel_residual == 'sequential':
-            x = x @ M_c + apply_residual(x, ml, core_m, mr)
+    def init_weights(self) -> None:
+        """The private terms at their LORS init (runs after the stage's xavier re-init of
+        every Linear; the shared weights are initialised by their owner)."""
+        if self.shares_generator:
+            self.channel_residual.reset_parameters()
+            self.spatial_residual.reset_parameters()
         else:
-            x = x @ (M_c + materialize_residual(ml, core_m, mr))
-        x = F.relu(F.layer_norm(x, (P_in, C)))
+            super().init_weights()
+        if isinstance(self.out_proj, LowRankResidualLinear):
+            self.out_proj.reset_parameters()
 
-        # adaptive spatial mixing: S_i(q) @ x
-        if self.spatial_residual == 'materialize':
-            x = (S_c + materialize_residual(sl, core_s, sr)) @ x
-        else:  # (S_p x)^T = x^T S_p^T with S_p^T = sum_j sr^T E^T sl^T
-            x = S_c @ x + apply_residual(x.mT, sr.mT, core_s.mT, sl.mT).mT
-        x = F.relu(F.layer_norm(x, (P_out, C)))
+    def generate_mixing_params(self, query: Tensor):
+        if not self.shares_generator:
+            return super().generate_mixing_params(query)
+        query = query.reshape(-1, self.query_dim)
+        m, s = self.split_mixing_params(self.shared.parameter_generator(query))
+        return ((m, self.channel_residual.cores(query)),
+                (s, self.spatial_residual.cores(query)))
 
-        return self.out_proj(x.reshape(B, N, G * P_out * C), i)
+    def mix_channels(self, x: Tensor, m) -> Tensor:
+        if not self.shares_generator:
+            return super().mix_channels(x, m)
+        m_shared, cores = m
+        if self.channel_strategy == 'sequential':
+            return x @ m_shared + self.channel_residual.apply_to(x, cores)
+        return x @ (m_shared + self.channel_residual.matrix(cores))
 
-    def _check_stage(self, stage_idx: int) -> int:
-        if not (0 <= stage_idx < self.num_stages):
-            raise IndexError(f'{type(self).__name__}: stage_idx={stage_idx} out of range for '
-                             f'num_stages={self.num_stages}')
-        return stage_idx
+    def mix_points(self, x: Tensor, s) -> Tensor:
+        if not self.shares_generator:
+            return super().mix_points(x, s)
+        s_shared, cores = s
+        if self.spatial_strategy == 'materialize':
+            return (s_shared + self.spatial_residual.matrix(cores)) @ x
+        return s_shared @ x + self.spatial_residual.apply_transposed_to(x.mT, cores).mT
 
-    def _check_inputs(self, sampled: torch.Tensor, query: torch.Tensor):
-        expected = (self.n_groups, self.in_points, self.channels)
-        if (query.dim() != 3 or query.shape[-1] != self.content_dim or sampled.dim() != 5
-                or tuple(sampled.shape[2:]) != expected or sampled.shape[:2] != query.shape[:2]):
-            raise ValueError(
-                f'{type(self).__name__}: expected sampled [B, N, G, P_in, C] = [B, N, '
-                f'{", ".join(map(str, expected))}] and query [B, N, {self.content_dim}], got '
-                f'{list(sampled.shape)} and {list(query.shape)}')
-
-    def extra_repr(self) -> str:
-        return (f'num_stages={self.num_stages}, content_dim={self.content_dim}, '
-                f'n_groups={self.n_groups}, channels={self.channels}, in_points={self.in_points}, '
-                f'out_points={self.out_points}, kernel_sizes={self.kernel_sizes}, '
-                f'kernel_groups={self.kernel_groups}, out_proj_ranks={self.out_proj_ranks}, '
-                f'channel_residual={self.channel_residual!r}, '
-                f'spatial_residual={self.spatial_residual!r}')
+    @torch.no_grad()
+    def plain_state_dict(self, dtype: torch.dtype = torch.float64) -> dict:
+        """This stage as a plain ``AdaptiveMixing`` (same G, P_in, P_out): the residuals are
+        affine in the query, so shared generator + residuals is one affine map, and
+        ``W + B A`` one Linear. Computed in ``dtype``, returned in the weights' dtype."""
+        if not self.shares_generator:
+            weight = self.parameter_generator[0].weight
+            out = {'parameter_generator.0.weight': weight.detach().clone(),
+                   'parameter_generator.0.bias': self.parameter_generator[0].bias.clone()}
+        else:
+            generator = self.shared.parameter_generator
+            weight = generator.weight
+            m_w, m_b = self.channel_residual.fold_affine(dtype=dtype)
+            s_w, s_b = self.spatial_residual.fold_affine(dtype=dtype)
+            m, s = self.split_mixing_params(generator.weight.detach().to(dtype).mT)
+            w = self.join_mixing_params(m + m_w.mT.unflatten(-1, m.shape[-3:]),
+                                        s + s_w.mT.unflatten(-1, s.shape[-3:])).mT
+            m, s = self.split_mixing_params(generator.bias.detach().to(dtype))
+            b = self.join_mixing_params(m + m_b.unflatten(-1, m.shape[-3:]),
+                                        s + s_b.unflatten(-1, s.shape[-3:]))
+            out = {'parameter_generator.0.weight': w.to(weight.dtype),
+                   'parameter_generator.0.bias': b.to(weight.dtype)}
+        if isinstance(self.out_proj, LowRankResidualLinear):
+            proj_w, proj_b = self.out_proj.fold()
+            if proj_b is None:
+                proj_b = proj_w.new_zeros(self.query_dim)
+        else:
+            proj_w, proj_b = self.out_proj.weight.clone(), self.out_proj.bias.clone()
+        out.update({'out_proj.weight': proj_w, 'out_proj.bias': proj_b})
+        return {k: v.contiguous() for k, v in out.items()}
