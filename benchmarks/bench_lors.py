@@ -5,7 +5,7 @@ Variants (all from the shipped R-50 1x configs, 6 stages, 80 classes):
 * ``adamixer``        AdaMixer as published, G=4 groups, P_in=32 points;
 * ``adamixer-g2p64``  AdaMixer with the mixer LORS uses, G=2, P_in=64 (lors_spec.md section 2:
                       the released LORS configs change these too);
-* ``lors``            AdaMixer+LORS (shared stack + per-stage private terms), unfolded;
+* ``lors``            AdaMixer+LORS (shared weights + per-stage private terms), unfolded;
 * ``lors-folded``     the same LORS weights folded into plain per-stage weights
                       (lors_det/models/lors/fold.py): an ``adamixer-g2p64`` model. Its train step
                       is that of the plain model (folding is for inference).
@@ -81,11 +81,14 @@ def _model_cfgs(args: dict) -> dict:
 def _randomize_lors(model, seed: int = 5) -> None:
     """Non-zero private LORS terms (cores, the zero LORS^T factor, biases), as after training."""
     import torch
-    stack = model.roi_head.lors_mixing
     gen = torch.Generator().manual_seed(seed)
-    zero = stack.out_proj.private_B if stack.out_proj.zero_init == 'B' else stack.out_proj.private_A
-    params = [p for g in stack.core_generators for p in g.parameters()]
-    params += list(zero) + list(stack.out_proj.private_bias)
+    params = []
+    for stage in model.roi_head.bbox_head:
+        mixer = stage.sampling_n_mixing.adaptive_mixing
+        for residual in (mixer.channel_residual, mixer.spatial_residual):
+            params += list(residual.core_generator.parameters())
+        out_proj = mixer.out_proj
+        params += [out_proj.B if out_proj.zero_init == 'B' else out_proj.A, out_proj.bias]
     with torch.no_grad():
         for p in params:
             p.copy_(0.02 * torch.randn(p.shape, generator=gen))

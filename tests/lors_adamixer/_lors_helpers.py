@@ -80,8 +80,10 @@ def spread_queries(model, seed=0):
         for stage in model.roi_head.bbox_head:
             stage.fc_reg.weight.copy_(0.05 * torch.randn(stage.fc_reg.weight.shape, generator=gen))
             stage.fc_cls.weight.copy_(0.5 * torch.randn(stage.fc_cls.weight.shape, generator=gen))
-        shared = model.roi_head.shared_mixing.parameter_generator.weight
-        shared.copy_(0.02 * torch.randn(shared.shape, generator=gen))
+        shared = getattr(model.roi_head, 'shared_mixing', None)
+        if hasattr(shared, 'parameter_generator'):
+            weight = shared.parameter_generator.weight
+            weight.copy_(0.02 * torch.randn(weight.shape, generator=gen))
 
 
 def mixers(model):

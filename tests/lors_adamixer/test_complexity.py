@@ -4,7 +4,8 @@ import torch
 import torch.nn as nn
 
 from lors_det.models.layers import AdaptiveMixing
-from lors_det.models.lors import LORSAdaptiveMixingStack, plain_adamixer_model_cfg
+from lors_det.models.lors import (LORSAdaptiveMixing, SharedMixingWeights,
+                                  plain_adamixer_model_cfg)
 from lors_det.utils import count_flops, count_fn_flops, count_parameters
 
 from _lors_helpers import (BATCH_SHAPE, C, DIM, G, KG, KS, NUM_CLASSES, NUM_QUERY, NUM_STAGES,
@@ -24,12 +25,12 @@ def plain_mixing_flops(q, D, G, C, P_in, P_out):
 
 def lors_mixing_flops(q, D, G, C, P_in, P_out, k, K):
     """LORS mixing of one stage in eval (merged out projection), sequential M residual
-    ((x ml) E) mr and materialised S residual sl (E sr) or (sl E) sr."""
+    ((x B) E) A and materialised S residual B (E A) or (B E) A."""
     return 2 * q * (D * G * (C * C + P_in * P_out)        # shared generator
-                    + D * 2 * G * K * k * k               # core generator
+                    + D * 2 * G * K * k * k               # core generators of M and S
                     + G * P_in * C * C                    # x @ M_c
-                    + G * P_in * K * k * (2 * C + k)      # ((x ml) E) mr
-                    + G * K * k * k * min(P_in, P_out)    # E sr (or sl E)
+                    + G * P_in * K * k * (2 * C + k)      # ((x B) E) A
+                    + G * K * k * k * min(P_in, P_out)    # E A (or B E)
                     + G * P_out * K * k * P_in            # ... times the other factor
                     + G * P_out * P_in * C                # S @ x
                     + G * C * P_out * D)                  # merged out projection
@@ -55,20 +56,21 @@ def test_adaptive_mixing_counts_the_dynamic_matmuls():
     assert flops == dynamic + static == plain_mixing_flops(q, D, G_, C_, P_in, P_out)
 
 
-def test_lors_stack_strategy_costs_match_its_docstring():
-    """LORSAdaptiveMixingStack's docstring: per query, group and term at C=128, P_in=64,
-    P_out=128, k=16, M sequential 278,528 vs materialised 294,912 MACs, S materialised 147,456
-    vs sequential 425,984."""
-    stack = LORSAdaptiveMixingStack(num_stages=1, kernel_groups=1, out_proj_zero_init='B')
+def test_lors_residual_strategy_costs_match_the_docstring():
+    """LORSAdaptiveMixing / AdaptiveLowRankResidual.macs: per query, group and term at C=128,
+    P_in=64, P_out=128, k=16, M sequential 278,528 vs materialised 294,912 MACs, S materialised
+    147,456 vs sequential 425,984."""
+    shared = SharedMixingWeights(256, 128, 2, 64, 128)
+    mixer = LORSAdaptiveMixing(256, 64, 128, 2, 256, shared=shared)
     sampled, query = torch.randn(1, 2, 2, 64, 128), torch.randn(1, 2, 256)
-    stack.eval()
+    mixer.eval()
     flops = {}
     with torch.no_grad():
-        stack(sampled, query, 0)  # merge the out projection once, outside the counts
+        mixer(sampled, query)  # merge the out projection once, outside the counts
         for channel in ('sequential', 'materialize'):
             for spatial in ('sequential', 'materialize'):
-                stack.channel_residual, stack.spatial_residual = channel, spatial
-                flops[channel, spatial], _ = count_fn_flops(stack, sampled, query, 0)
+                mixer.channel_strategy, mixer.spatial_strategy = channel, spatial
+                flops[channel, spatial], _ = count_fn_flops(mixer, sampled, query)
     per_term = 2 * 2 * 2  # FLOPs per MAC x queries x groups (one term)
     assert (flops['materialize', 'materialize'] - flops['sequential', 'materialize']
             == per_term * (294_912 - 278_528))
@@ -108,7 +110,7 @@ def test_count_flops_by_part_on_tiny_models():
     inputs, samples = make_inputs(), make_data_samples()
     lors = build(tiny_lors_cfg())
     spread_queries(lors)
-    randomize_private_terms(lors.roi_head.lors_mixing)
+    randomize_private_terms(lors)
     plain = build(plain_adamixer_model_cfg(tiny_lors_cfg()))
     lors.train()
     for model, is_lors in ((lors, True), (plain, False)):
@@ -120,7 +122,7 @@ def test_count_flops_by_part_on_tiny_models():
         assert count_flops(model, inputs, samples) == expected
     # the LORS^T merge is done before counting (and cached): a second count is the same, and
     # the model's train/eval flags are restored
-    assert lors.training and lors.roi_head.lors_mixing.training
+    assert lors.training and lors.roi_head.shared_mixing.training
     assert count_flops(lors, inputs, samples)['decoder'] == _decoder_flops(True)
     assert BATCH_SHAPE == (64, 96)  # the neck formula above assumes stride-divisible inputs
 
@@ -133,7 +135,8 @@ def test_count_parameters_shared_private_split():
     shared = DIM * gen_out + gen_out + DIM * proj_in
     private_lors = sum((DIM + 1) * 2 * G * K * k * k + G * K * k * (2 * C + P_OUT + P_IN)
                        + r * (proj_in + DIM) + DIM for k, K, r in zip(KS, KG, RS))
-    stage_own = sum(p.numel() for s in lors.roi_head.bbox_head for p in s.parameters())
+    stage_own = sum(p.numel() for s in lors.roi_head.bbox_head
+                    for n, p in s.named_parameters() if '.adaptive_mixing.' not in n)
     assert counts['decoder_shared'] == shared
     assert counts['decoder_private'] == stage_own + private_lors
     assert counts['decoder'] == shared + stage_own + private_lors

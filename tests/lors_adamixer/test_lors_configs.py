@@ -21,10 +21,9 @@ PAIRS = {
     'adamixer/adamixer_swin-s_8xb2-300q-crop-ms-480-800-3x_coco.py',
 }
 # lors_spec.md section 2: the released famixer_r50_lors_* settings
-RELEASED_LORS = dict(kernel_sizes=[16] * 6, kernel_groups=[1, 1, 2, 2, 3, 3],
-                     out_proj_ranks=[8] * 6, out_proj_zero_init='B',
-                     channel_residual='sequential', spatial_residual='materialize',
-                     shared=['parameter_generator', 'out_proj'])
+RELEASED_LORS = dict(share_generator=True, share_out_proj=True, generator_rank=16,
+                     generator_num_terms=[1, 1, 2, 2, 3, 3], out_proj_rank=8,
+                     out_proj_zero_init='B')
 
 
 @pytest.mark.parametrize('lors_path', sorted(PAIRS))
@@ -40,9 +39,8 @@ def test_lors_config_changes_only_the_decoder(lors_path):
     stage = lors_roi['bbox_head']
     assert (stage.pop('n_groups'), stage.pop('in_points'), stage.pop('out_points')) == (2, 64,
                                                                                        128)
-    assert stage.pop('mixing_cfg') == dict(type='LORSStageMixer')
     plain_roi.pop('type')
-    for key in ('n_groups', 'in_points', 'out_points', 'mixing_cfg'):
+    for key in ('n_groups', 'in_points', 'out_points'):
         plain_roi['bbox_head'].pop(key)
     assert lors_roi == plain_roi  # stage loss weights, heads, losses, ... as in AdaMixer
 

@@ -8,34 +8,21 @@ import torch
 from mmengine.config import Config
 
 from lors_det.models.layers import AdaptiveMixing
-from lors_det.models.lors import (LORSAdaptiveMixingStack, fold_lors_mixing_stack,
-                                  fold_lors_state_dict, plain_adamixer_model_cfg)
+from lors_det.models.lors import fold_lors_state_dict, plain_adamixer_model_cfg
 
-from _lors_helpers import (C, DIM, G, KG, KS, NUM_STAGES, P_IN, P_OUT, REPO, RS, build,
-                           make_data_samples, make_inputs, randomize_private_terms,
+from _lors_helpers import (C, DIM, G, KG, KS, NUM_STAGES, P_IN, P_OUT, REPO, build,
+                           make_data_samples, make_inputs, mixers, randomize_private_terms,
                            spread_queries, tiny_lors_cfg)
 
 
-def _random_stack():
-    torch.manual_seed(0)
-    stack = LORSAdaptiveMixingStack(
-        num_stages=NUM_STAGES, content_dim=DIM, feat_channels=G * C, n_groups=G,
-        in_points=P_IN, out_points=P_OUT, kernel_sizes=KS, kernel_groups=KG, out_proj_ranks=RS,
-        out_proj_zero_init='B').double()
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in stack.parameters():
-            p.copy_(0.3 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    return stack
-
-
-def _reference_matrices(stack, i, q):
+def _reference_matrices(model, i, q):
     """M_i(q) [G, C, C] and S_i(q) [G, P_out, P_in] term by term (lors_spec.md section 2)."""
-    p = dict(stack.named_parameters())
+    shared = dict(model.roi_head.shared_mixing.named_parameters())
+    mine = dict(mixers(model)[i].named_parameters())
     k, K = KS[i], KG[i]
-    params = p['parameter_generator.weight'] @ q + p['parameter_generator.bias']
-    cores = (p[f'core_generators.{i}.weight'] @ q + p[f'core_generators.{i}.bias'])
-    cores = cores.view(2, G * K, k, k)
+    params = shared['parameter_generator.weight'] @ q + shared['parameter_generator.bias']
+    cores = [(mine[f'{part}.core_generator.weight'] @ q + mine[f'{part}.core_generator.bias'])
+             .view(G * K, k, k) for part in ('channel_residual', 'spatial_residual')]
     Ms, Ss = [], []
     for g in range(G):
         chunk = params[g * (C * C + P_IN * P_OUT):(g + 1) * (C * C + P_IN * P_OUT)]
@@ -43,41 +30,33 @@ def _reference_matrices(stack, i, q):
         S = chunk[C * C:].reshape(P_OUT, P_IN).clone()
         for j in range(K):
             t = g * K + j
-            M += p[f'ml.{i}'][t] @ cores[0, t] @ p[f'mr.{i}'][t]
-            S += p[f'sl.{i}'][t] @ cores[1, t] @ p[f'sr.{i}'][t]
+            M += mine['channel_residual.B'][t] @ cores[0][t] @ mine['channel_residual.A'][t]
+            S += mine['spatial_residual.B'][t] @ cores[1][t] @ mine['spatial_residual.A'][t]
         Ms.append(M)
         Ss.append(S)
     return torch.stack(Ms), torch.stack(Ss)
 
 
-def _plain_mixer(folded):
-    mixer = AdaptiveMixing(in_dim=G * C, in_points=P_IN, out_points=P_OUT, n_groups=G,
-                           query_dim=DIM).double()
-    mixer.load_state_dict(folded, strict=True)
-    return mixer
-
-
 @torch.no_grad()
 def test_folded_generator_produces_the_lors_matrices():
-    stack = _random_stack()
+    model, plain = _lors_and_folded(torch.float64)
     query = torch.randn(4, DIM, dtype=torch.float64)
-    for i in range(NUM_STAGES):
-        mixer = _plain_mixer(fold_lors_mixing_stack(stack, i))
-        M, S = mixer.generate_mixing_params(query)
+    sampled = torch.randn(2, 3, G, P_IN, C, dtype=torch.float64)
+    q = torch.randn(2, 3, DIM, dtype=torch.float64)
+    for i, (mixer, folded) in enumerate(zip(mixers(model), mixers(plain))):
+        M, S = folded.generate_mixing_params(query)
         for n in range(query.size(0)):
-            M_ref, S_ref = _reference_matrices(stack, i, query[n])
+            M_ref, S_ref = _reference_matrices(model, i, query[n])
             torch.testing.assert_close(M[n], M_ref, rtol=0, atol=1e-12)
             torch.testing.assert_close(S[n], S_ref, rtol=0, atol=1e-12)
-        weight, bias = stack.out_proj.fold()[i]
-        torch.testing.assert_close(mixer.out_proj.weight, weight, rtol=0, atol=1e-13)
-        torch.testing.assert_close(mixer.out_proj.bias, bias, rtol=0, atol=0)
-        # the whole mixer, both residual strategies of the stack
-        sampled = torch.randn(2, 3, G, P_IN, C, dtype=torch.float64)
-        q = torch.randn(2, 3, DIM, dtype=torch.float64)
+        weight, bias = mixer.out_proj.fold()
+        torch.testing.assert_close(folded.out_proj.weight, weight, rtol=0, atol=1e-13)
+        torch.testing.assert_close(folded.out_proj.bias, bias, rtol=0, atol=0)
+        # the whole mixer, both residual strategies
         for channel in ('sequential', 'materialize'):
             for spatial in ('sequential', 'materialize'):
-                stack.channel_residual, stack.spatial_residual = channel, spatial
-                torch.testing.assert_close(mixer(sampled, q), stack(sampled, q, i), rtol=0,
+                mixer.channel_strategy, mixer.spatial_strategy = channel, spatial
+                torch.testing.assert_close(folded(sampled, q), mixer(sampled, q), rtol=0,
                                            atol=1e-10)
 
 
@@ -85,7 +64,7 @@ def _lors_and_folded(dtype):
     cfg = tiny_lors_cfg()
     model = build(cfg)
     spread_queries(model)
-    randomize_private_terms(model.roi_head.lors_mixing, scale=0.3)
+    randomize_private_terms(model, scale=0.3)
     model = model.to(dtype)
     plain = build(plain_adamixer_model_cfg(cfg), init=False).to(dtype)
     plain.load_state_dict(fold_lors_state_dict(model), strict=True)
@@ -120,7 +99,7 @@ def _assert_same_detections(model, plain, inputs, samples, atol):
 
 def test_folded_detector_gives_the_same_detections_float64():
     model, plain = _lors_and_folded(torch.float64)
-    assert not any(k.startswith('roi_head.lors_mixing') for k in plain.state_dict())
+    assert not any('shared_mixing' in k for k in plain.state_dict())
     _assert_same_detections(model, plain, make_inputs(dtype=torch.float64),
                             make_data_samples(dtype=torch.float64), atol=1e-5)
 
@@ -135,24 +114,22 @@ def test_shared_gradients_are_the_sums_of_the_folded_per_stage_gradients():
         m.train()
         losses = m.loss(inputs, samples)
         sum(v for k, v in losses.items() if 'loss' in k).backward()
-    stack = model.roi_head.lors_mixing
-    mixers = [s.sampling_n_mixing.adaptive_mixing for s in plain.roi_head.bbox_head]
-    gen_w = sum(m.parameter_generator[0].weight.grad for m in mixers)
-    gen_b = sum(m.parameter_generator[0].bias.grad for m in mixers)
-    out_w = sum(m.out_proj.weight.grad for m in mixers)
+    shared = model.roi_head.shared_mixing
+    folded = mixers(plain)
+    gen_w = sum(m.parameter_generator[0].weight.grad for m in folded)
+    gen_b = sum(m.parameter_generator[0].bias.grad for m in folded)
+    out_w = sum(m.out_proj.weight.grad for m in folded)
     opts = dict(rtol=1e-9, atol=1e-12)
     assert gen_w.abs().max() > 0 and out_w.abs().max() > 0
-    torch.testing.assert_close(stack.parameter_generator.weight.grad, gen_w, **opts)
-    torch.testing.assert_close(stack.parameter_generator.bias.grad, gen_b, **opts)
-    torch.testing.assert_close(stack.out_proj.shared_weight.grad, out_w, **opts)
-    for i, m in enumerate(mixers):
+    torch.testing.assert_close(shared.parameter_generator.weight.grad, gen_w, **opts)
+    torch.testing.assert_close(shared.parameter_generator.bias.grad, gen_b, **opts)
+    torch.testing.assert_close(shared.out_proj.weight.grad, out_w, **opts)
+    for lors, m in zip(mixers(model), folded):
         grad_w = m.out_proj.weight.grad
-        torch.testing.assert_close(stack.out_proj.private_bias[i].grad, m.out_proj.bias.grad,
-                                   **opts)
-        torch.testing.assert_close(stack.out_proj.private_B[i].grad,
-                                   grad_w @ stack.out_proj.private_A[i].detach().T, **opts)
-        torch.testing.assert_close(stack.out_proj.private_A[i].grad,
-                                   stack.out_proj.private_B[i].detach().T @ grad_w, **opts)
+        out_proj = lors.out_proj
+        torch.testing.assert_close(out_proj.bias.grad, m.out_proj.bias.grad, **opts)
+        torch.testing.assert_close(out_proj.B.grad, grad_w @ out_proj.A.detach().T, **opts)
+        torch.testing.assert_close(out_proj.A.grad, out_proj.B.detach().T @ grad_w, **opts)
 
 
 def _load_tool():
@@ -167,7 +144,7 @@ def test_fold_tool_writes_a_plain_checkpoint_and_config(tmp_path):
     cfg = tiny_lors_cfg()
     model = build(cfg)
     spread_queries(model)
-    randomize_private_terms(model.roi_head.lors_mixing, scale=0.3)
+    randomize_private_terms(model, scale=0.3)
     config = tmp_path / 'lors_tiny.py'
     Config(dict(model=cfg, default_scope='mmdet',
                 custom_imports=dict(imports=['lors_det'], allow_failed_imports=False),
@@ -196,5 +173,5 @@ def test_fold_errors():
     plain_cfg = plain_adamixer_model_cfg(tiny_lors_cfg())
     with pytest.raises(ValueError, match="model.roi_head.type must be 'AdaMixerLORSDecoder'"):
         plain_adamixer_model_cfg(plain_cfg)
-    with pytest.raises(ValueError, match='no LORSStageMixer'):
+    with pytest.raises(ValueError, match='no LORSAdaptiveMixing'):
         fold_lors_state_dict(build(plain_cfg, init=False))

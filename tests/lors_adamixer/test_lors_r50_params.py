@@ -16,12 +16,12 @@ Decoder, per stage outside the mixer (AdaMixer's stage; the mixer is the only LO
     fc_cls 256*80 + 80, fc_reg 256*4 + 4                = 20,560 + 1,028
     stage rest                                          = 1,568,476
 
-LORS mixer stack:
+LORS mixing (shared: roi_head.shared_mixing; private: each stage's mixer):
 
     shared generator  256*G*(C^2 + P_in*P_out) + G*(C^2 + P_in*P_out)
                       = 256*49,152 + 49,152                                = 12,632,064
     private LORS^A    per unit of K: core generator (256+1)*2*G*k^2 = 263,168,
-                      factors ml, mr, sl, sr G*k*(C + C + P_out + P_in) = 14,336,
+                      factors B, A of M and S G*k*(C + C + P_out + P_in) = 14,336,
                       sum K = 12: 12 * 277,504                             =  3,330,048
     shared out_proj   256*H (no bias)                                      =  8,388,608
     private LORS^T    N * (r*(H + 256) + 256 bias) = 6 * 264,448           =  1,586,688
@@ -93,6 +93,9 @@ def test_r50_lors_decoder_and_model_counts(r50_lors):
                           decoder_private=N * STAGE_REST + PRIVATE_A + PRIVATE_T)
     assert sum(p.numel() for p in r50_lors.roi_head.parameters()) == 35_348_264
     assert sum(p.numel() for p in r50_lors.parameters()) == 59_866_872
+    # by ownership: under roi_head.shared_mixing, and under roi_head.bbox_head.<i>
+    assert sum(p.numel() for p in r50_lors.roi_head.shared_mixing.parameters()) == 21_020_672
+    assert sum(p.numel() for p in r50_lors.roi_head.bbox_head.parameters()) == 14_327_592
 
 
 def test_folded_plain_config_count():

@@ -123,10 +123,10 @@ def test_tiny_lors_decoder_flops_by_role(tiny_cfg_path, tmp_path):
     lors_path.write_text(f"""_base_ = [{tiny_cfg_path!r}]
 model = dict(roi_head=dict(
     type='AdaMixerLORSDecoder',
-    bbox_head=dict(n_groups=2, mixing_cfg=dict(_delete_=True, type='LORSStageMixer')),
-    lors_cfg=dict(kernel_sizes={ks}, kernel_groups={kg}, out_proj_ranks={rs},
+    bbox_head=dict(n_groups=2),
+    lors_cfg=dict(generator_rank={ks}, generator_num_terms={kg}, out_proj_rank={rs},
                   out_proj_zero_init='B', channel_residual='sequential',
-                  spatial_residual='materialize', shared=['parameter_generator', 'out_proj'])))
+                  spatial_residual='materialize')))
 """)
     cfg = get_flops.load_config(str(lors_path))
     report = get_flops.analyze(cfg, (64, 64), batch_size=1)

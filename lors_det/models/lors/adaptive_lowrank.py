@@ -104,7 +104,7 @@ class AdaptiveLowRankResidual(nn.Module):
                     sequential=K * num_vectors * k * (d + k + h))
 
     @torch.no_grad()
-    def fold_affine(self, weight: torch.Tensor, bias: torch.Tensor, dtype=torch.float64):
+    def fold_affine(self, dtype: torch.dtype = torch.float64):
         """The residual is linear in the cores and the cores are affine in q, so the residual is
         an affine function of q: ``(weight [G*d*h, D], bias [G*d*h])`` of it, in ``dtype``,
         as ``[..., G, d, h]`` blocks flattened in (group, row, col) order."""
