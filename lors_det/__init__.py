@@ -11,6 +11,6 @@ from .version import __version__
 register_checkpoint_safe_globals()
 register_mmengine_loader()
 
-from . import datasets, engine, evaluation, models  # noqa: E402,F401  (registration side effects)
+from . import apis, datasets, engine, evaluation, models  # noqa: E402,F401  (registration)
 
 __all__ = ['__version__']

@@ -3,27 +3,15 @@
 # backbone; neck and decoder train as in the base config. Trainable backbone parameters: 105,792
 # = sum over the 96 Linear layers of (d_out + r). Inference at no extra cost:
 # tools/model_converters/adapter_ckpt.py merge (folds ΔW into W0).
-_base_ = '../lors/adamixer-lors_swin-s_8xb2-300q-crop-ms-480-800-3x_coco.py'
-
+_base_ = [
+    '../lors/adamixer-lors_swin-s_8xb2-300q-crop-ms-480-800-3x_coco.py',
+    '../_base_/adapters/swin-vera.py',
+]
+# the base config's backbone as is, wrapped; the adapter and its hooks come from the fragment
 model = dict(
     backbone=dict(
         _delete_=True,
         type='PEFTBackbone',
-        # the base config's Swin-S as is (ImageNet-1k weights, no frozen stages); the adapters go
-        # on qkv, proj, fc1 and fc2 of all 24 blocks (96 Linear layers)
         module={{_base_.model.backbone}},
-        adapter=dict(
-            type='VeRA',
-            targets=[
-                r'stages\.\d+\.blocks\.\d+\.attn\.w_msa\.(qkv|proj)',
-                r'stages\.\d+\.blocks\.\d+\.ffn\.layers\.(0\.0|1)',  # fc1, fc2
-            ],
-            rank=256,  # one frozen pair A (256 x 3072), B (3072 x 256) for all 96 layers
-            d_initial=0.1,
-            projection_prng_key=0,
-            save_projection=True)))
-
-# λ_b / λ_d are scales: no weight decay on them (the learning rate is the base one, untuned)
-optim_wrapper = dict(paramwise_cfg=dict(custom_keys={'vera_lambda': dict(decay_mult=0.)}))
-# epoch_N_adapter.pth (all but the frozen backbone weights) beside every epoch_N.pth
-custom_hooks = [dict(type='AdapterCheckpointHook')]
+        adapter={{_base_.peft_adapter}}))
+optim_wrapper = dict(paramwise_cfg=dict(custom_keys={{_base_.peft_custom_keys}}))

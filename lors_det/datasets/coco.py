@@ -1,12 +1,10 @@
 # Copyright (c) lors_det authors.
 """COCO detection dataset with explicit, documented handling of bad annotations."""
-import logging
 import os
 from typing import List, Optional
 
 from mmdet.datasets import CocoDataset
 from mmdet.registry import DATASETS
-from mmengine.logging import print_log
 
 from .annotation_rules import BoxReport, CheckedCOCO, clean_box
 from .checks import _URI, dataset_path_problems

@@ -16,7 +16,6 @@ import os
 import os.path as osp
 import sys
 
-import numpy as np
 import pytest
 import torch
 from mmengine.logging import MMLogger

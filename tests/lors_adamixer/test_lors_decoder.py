@@ -247,3 +247,28 @@ def test_eval_merges_the_static_out_projection_once():
         assert sorted(calls) == list(range(NUM_STAGES))  # ... and reused afterwards
     for a, b in zip(first, second):
         assert torch.equal(a.pred_instances.scores, b.pred_instances.scores)
+
+
+def test_converter_tool_on_a_checkpoint_file(tmp_path):
+    spec = importlib.util.spec_from_file_location('converter', CONVERTER)
+    converter = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(converter)
+    old = torch.load(OLD_LAYOUT, map_location='cpu', weights_only=True)
+    src, dst = tmp_path / 'old.pth', tmp_path / 'new.pth'
+    torch.save(dict(meta=dict(epoch=12), state_dict=old['state_dict']), src)
+    converter.main([str(src), str(dst)])
+    new = torch.load(dst, map_location='cpu', weights_only=True)
+    assert new['meta']['epoch'] == 12 and new['meta']['converted_from'] == str(src)
+    build(tiny_lors_cfg(), init=False).double().load_state_dict(new['state_dict'], strict=True)
+    # the core generator rows split in two: M cores first, then S cores
+    cores = old['state_dict']['roi_head.lors_mixing.core_generators.1.weight']
+    mixer = 'roi_head.bbox_head.1.sampling_n_mixing.adaptive_mixing.'
+    half = cores.shape[0] // 2
+    assert torch.equal(new['state_dict'][mixer + 'channel_residual.core_generator.weight'],
+                       cores[:half])
+    assert torch.equal(new['state_dict'][mixer + 'spatial_residual.core_generator.weight'],
+                       cores[half:])
+    with pytest.raises(ValueError, match='not a checkpoint of the old LORS layout'):
+        converter.convert_state_dict(new['state_dict'])
+    with pytest.raises(KeyError, match='roi_head.lors_mixing.extra: unknown key'):
+        converter.convert_state_dict({'roi_head.lors_mixing.extra': cores})

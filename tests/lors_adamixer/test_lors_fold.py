@@ -7,10 +7,9 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from lors_det.models.layers import AdaptiveMixing
 from lors_det.models.lors import fold_lors_state_dict, plain_adamixer_model_cfg
 
-from _lors_helpers import (C, DIM, G, KG, KS, NUM_STAGES, P_IN, P_OUT, REPO, build,
+from _lors_helpers import (C, DIM, G, KG, KS, P_IN, P_OUT, REPO, build,
                            make_data_samples, make_inputs, mixers, randomize_private_terms,
                            spread_queries, tiny_lors_cfg)
 

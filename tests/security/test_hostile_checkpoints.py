@@ -107,7 +107,7 @@ def _fold_lors(path, tiny, out):
 
 
 def _adapter_ckpt_extract(path, tiny, out):
-    from lors_det.models.adapters.checkpoint import extract_adapter_checkpoint
+    from lors_det.apis import extract_adapter_checkpoint
     extract_adapter_checkpoint(path, out, contents='adapter')
 
 

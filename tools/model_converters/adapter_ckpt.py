@@ -21,8 +21,9 @@ REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from lors_det.models.adapters.checkpoint import (CONTENTS, compose_checkpoint,  # noqa: E402
-                                                 extract_adapter_checkpoint, merge_checkpoint)
+from lors_det.apis import (compose_checkpoint, extract_adapter_checkpoint,  # noqa: E402
+                           merge_checkpoint)
+from lors_det.models.adapters.checkpoint import CONTENTS  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

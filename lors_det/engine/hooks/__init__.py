@@ -1,3 +1,4 @@
+from .adapter_checkpoint_hook import AdapterCheckpointHook
 from .atomic_checkpoint_hook import AtomicCheckpointHook
 
-__all__ = ['AtomicCheckpointHook']
+__all__ = ['AdapterCheckpointHook', 'AtomicCheckpointHook']

@@ -3,10 +3,8 @@ from .applier import (apply_adapter, build_adapter, count_trainable_parameters, 
                       merge_and_unload, unmerge_adapters)
 from .base import (AdapterBase, AdapterLayerMixin, adapter_parameters, depth_free_role,
                    find_targets, freeze_base, is_adapter_key, iter_adapter_layers)
-from .checkpoint import (adapter_checkpoint_path, adapter_state_dict, compose_checkpoint,
-                         extract_adapter_checkpoint, frozen_base_keys, load_adapter_checkpoint,
-                         merge_checkpoint, save_adapter_checkpoint)
-from .checkpoint_hook import AdapterCheckpointHook
+from .checkpoint import (adapter_checkpoint_path, adapter_state_dict, frozen_base_keys,
+                         load_adapter_checkpoint, save_adapter_checkpoint)
 from .condlora import CondLoRA, CondLoRAConv2d, CondLoRALinear
 from .vera import VeRA, VeRAConv2d, VeRALinear, vera_projections
 
@@ -16,6 +14,5 @@ __all__ = [
     'merge_adapters', 'unmerge_adapters', 'merge_and_unload', 'count_trainable_parameters',
     'adapter_parameters', 'depth_free_role', 'find_targets', 'freeze_base', 'is_adapter_key',
     'iter_adapter_layers', 'adapter_state_dict', 'save_adapter_checkpoint',
-    'load_adapter_checkpoint', 'extract_adapter_checkpoint', 'merge_checkpoint',
-    'compose_checkpoint', 'frozen_base_keys', 'adapter_checkpoint_path', 'AdapterCheckpointHook'
+    'load_adapter_checkpoint', 'frozen_base_keys', 'adapter_checkpoint_path'
 ]

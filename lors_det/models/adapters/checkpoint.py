@@ -10,8 +10,8 @@ Two contents, written in ``meta['adapter_checkpoint']``:
   rebuilt from its config (whose backbone ``init_cfg`` supplies the frozen pretrained weights).
 
 Keys are exactly the full model's state-dict keys, so either file loads into the model built from
-the same config; :func:`compose_checkpoint` turns one back into a full checkpoint.
-CLI: ``tools/model_converters/adapter_ckpt.py``.
+the same config. From config and checkpoint files (extract, compose back into a full checkpoint,
+merge): :mod:`lors_det.apis.adapter_checkpoints` and ``tools/model_converters/adapter_ckpt.py``.
 """
 import os
 from collections import OrderedDict
@@ -82,7 +82,8 @@ def save_adapter_checkpoint(model: nn.Module, path: str, meta: dict = None,
     return checkpoint
 
 
-def _read(checkpoint: Union[str, dict]) -> Tuple[dict, dict]:
+def read_state_and_meta(checkpoint: Union[str, dict]) -> Tuple[dict, dict]:
+    """``(state_dict, meta)`` of a checkpoint file (read safely) or dict."""
     if isinstance(checkpoint, str):
         checkpoint = load_checkpoint_file(checkpoint)
     if 'state_dict' in checkpoint:
@@ -98,7 +99,7 @@ def load_adapter_checkpoint(model: nn.Module, checkpoint: Union[str, dict],
     base entries of the file, if any (a full checkpoint), are ignored. With ``strict`` a missing
     or unexpected key raises a KeyError; returns (missing, unexpected) otherwise.
     """
-    state, meta = _read(checkpoint)
+    state, meta = read_state_and_meta(checkpoint)
     contents = meta.get('adapter_checkpoint')
     if contents is None:  # a plain state dict or a full checkpoint
         contents = 'adapter' if all(is_adapter_key(k) for k in state) else 'trainable'
@@ -122,82 +123,3 @@ def adapter_checkpoint_path(full_checkpoint: str, suffix: str = '_adapter') -> s
     """``work_dir/epoch_12.pth`` -> ``work_dir/epoch_12_adapter.pth``."""
     root, ext = os.path.splitext(full_checkpoint)
     return f'{root}{suffix}{ext or ".pth"}'
-
-
-def _build_model(config: str, init_weights: bool):
-    import lors_det  # noqa: F401  (registers the models and the checkpoint allow-list)
-    from mmdet.registry import MODELS
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-
-    cfg = Config.fromfile(config)
-    init_default_scope(cfg.get('default_scope', 'mmdet'))
-    model = MODELS.build(cfg.model)
-    if init_weights:
-        model.init_weights()  # the frozen base from its pretrained init_cfg
-    return model
-
-
-def _load_full(model: nn.Module, full_checkpoint: str, config: str) -> None:
-    state, _ = _read(full_checkpoint)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise KeyError(f'{full_checkpoint} does not fit {config}: missing {missing[:8]}, '
-                       f'unexpected {unexpected[:8]}')
-
-
-def _save(out_path: str, state: dict, meta: dict) -> dict:
-    out = dict(meta=meta, state_dict=OrderedDict((k, v.detach().cpu()) for k, v in state.items()))
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    torch.save(out, out_path)
-    return out
-
-
-def extract_adapter_checkpoint(full_checkpoint: str, out_path: str, config: str = None,
-                               contents: str = None) -> dict:
-    """Write the adapter checkpoint of a full (mmengine) checkpoint to ``out_path``.
-
-    ``contents`` defaults to 'trainable' with a ``config`` (needed to know which base weights
-    are frozen) and to 'adapter' (vera_* / condlora_* keys only) without one.
-    """
-    contents = contents or ('trainable' if config else 'adapter')
-    if contents not in CONTENTS:
-        raise ValueError(f'--contents must be one of {CONTENTS}, got {contents!r}')
-    meta = dict(source=os.path.abspath(full_checkpoint), adapter_checkpoint=contents)
-    if config is None:
-        if contents != 'adapter':
-            raise ValueError("contents='trainable' needs the config, to know which base weights "
-                             'the adapter froze')
-        state, _ = _read(full_checkpoint)
-        state = OrderedDict((k, v) for k, v in state.items() if is_adapter_key(k))
-        if not state:
-            raise ValueError(f'{full_checkpoint} contains no adapter keys (vera_* / condlora_*)')
-        return _save(out_path, state, meta)
-    model = _build_model(config, init_weights=False)
-    _load_full(model, full_checkpoint, config)
-    meta['adapters'] = adapter_configs(model)
-    return _save(out_path, adapter_state_dict(model, contents), meta)
-
-
-def compose_checkpoint(config: str, adapter_checkpoint: str, out_path: str) -> dict:
-    """Pretrained base (the config's ``init_cfg``) + an adapter checkpoint -> a full checkpoint
-    for ``tools/test.py`` / ``load_from`` (which do not run ``init_weights``)."""
-    model = _build_model(config, init_weights=True)
-    load_adapter_checkpoint(model, adapter_checkpoint, strict=True)
-    meta = dict(source=os.path.abspath(adapter_checkpoint), composed_with=config)
-    return _save(out_path, model.state_dict(), meta)
-
-
-def merge_checkpoint(config: str, full_checkpoint: str, out_path: str) -> dict:
-    """Build ``cfg.model``, load ``full_checkpoint``, merge and unload, save the state dict.
-
-    The result has the keys of the same config without adapters (plain layers holding
-    W0 + ΔW), so it loads into the base detector config for inference at no extra cost.
-    """
-    from .applier import merge_and_unload
-
-    model = _build_model(config, init_weights=False)
-    _load_full(model, full_checkpoint, config)
-    merge_and_unload(model)
-    meta = dict(source=os.path.abspath(full_checkpoint), merged_adapters=True)
-    return _save(out_path, model.state_dict(), meta)

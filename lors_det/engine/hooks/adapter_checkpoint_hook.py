@@ -5,7 +5,8 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 
-from .checkpoint import CONTENTS, adapter_checkpoint_path, save_adapter_checkpoint
+from ...models.adapters.checkpoint import (CONTENTS, adapter_checkpoint_path,
+                                         save_adapter_checkpoint)
 
 
 @HOOKS.register_module()
