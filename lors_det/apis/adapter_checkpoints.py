@@ -86,8 +86,6 @@ def merge_checkpoint(config: str, full_checkpoint: str, out_path: str) -> dict:
     The result has the keys of the same config without adapters (plain layers holding
     W0 + ΔW), so it loads into the base detector config for inference at no extra cost.
     """
-
-
     model = _build_model(config, init_weights=False)
     _load_full(model, full_checkpoint, config)
     merge_and_unload(model)
