@@ -19,6 +19,7 @@ REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
+import torch  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
@@ -91,11 +92,15 @@ def build_config(args: argparse.Namespace) -> Config:
 
     if args.amp:
         wrapper_type = cfg.optim_wrapper.get('type', 'OptimWrapper')
-        if wrapper_type not in ('OptimWrapper', 'AmpOptimWrapper'):
+        if wrapper_type not in ('OptimWrapper', 'AmpOptimWrapper', 'AutocastOptimWrapper'):
             raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper, got '
                              f'{wrapper_type!r}')
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+        if torch.cuda.is_available():  # float16 with dynamic loss scaling
+            cfg.optim_wrapper.type = 'AmpOptimWrapper'
+            cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+        else:  # mmengine's AmpOptimWrapper needs a GPU: bfloat16 autocast, no loss scaling
+            cfg.optim_wrapper.type = 'AutocastOptimWrapper'
+            cfg.optim_wrapper.setdefault('dtype', 'bfloat16')
 
     if args.auto_scale_lr:
         scale_cfg = cfg.get('auto_scale_lr') or {}

@@ -34,6 +34,7 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from .box_xyzr import xyzr_to_wh
+from .precision import full_precision
 from .sampling_3d import make_sample_points, sampling_3d
 
 
@@ -132,13 +133,17 @@ class AdaptiveMixing(BaseModule):
             raise ValueError(
                 f'{type(self).__name__} expects sampled features [B, N, {self.n_groups}, '
                 f'{self.in_points}, {self.group_in_dim}], got {list(sampled.shape)}')
-        m, s = self.generate_mixing_params(query)
-        out = sampled.reshape(batch * num_query, groups, points, channels)
+        # The generated matrices and the products with them stay in float32 under mixed
+        # precision: every entry of M and S is a per-query linear form, and their rounding
+        # errors compound through x @ M, S @ x and the LayerNorms; out_proj may use bf16/fp16.
+        with torch.autocast(sampled.device.type, enabled=False):
+            m, s = self.generate_mixing_params(full_precision(query))
+            out = full_precision(sampled).reshape(batch * num_query, groups, points, channels)
 
-        out = self.mix_channels(out, m)  # ACM: [B*N, G, P_in, C_out]
-        out = self.act(F.layer_norm(out, out.shape[-2:]))
-        out = self.mix_points(out, s)  # ASM: [B*N, G, P_out, C_out]
-        out = self.act(F.layer_norm(out, out.shape[-2:]))
+            out = self.mix_channels(out, m)  # ACM: [B*N, G, P_in, C_out]
+            out = self.act(F.layer_norm(out, out.shape[-2:]))
+            out = self.mix_points(out, s)  # ASM: [B*N, G, P_out, C_out]
+            out = self.act(F.layer_norm(out, out.shape[-2:]))
 
         return self.out_proj(out.reshape(batch, num_query, -1))
 

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .precision import full_precision
+
 
 def pyramid_level_weights(z: Tensor, featmap_strides: Sequence[int], tau: float = 2.0) -> Tensor:
     """Soft assignment of log2 scales ``z`` [...] to pyramid levels, [..., num_levels]."""
@@ -52,8 +54,18 @@ def sampling_3d(points: Tensor, feats: Sequence[Tensor], featmap_strides: Sequen
         tau: temperature of the level softmax.
 
     Returns:
-        [B, N, G, P, C // G] level-weighted bilinear samples.
+        [B, N, G, P, C // G] level-weighted bilinear samples (float32 under autocast).
+
+    Runs in float32 under mixed precision: bilinear weights are differences of sub-pixel
+    positions, which bfloat16's 8-bit mantissa rounds to a few positions per pixel.
     """
+    with torch.autocast(points.device.type, enabled=False):
+        return _sampling_3d(full_precision(points), [full_precision(f) for f in feats],
+                            featmap_strides, tau)
+
+
+def _sampling_3d(points: Tensor, feats: Sequence[Tensor], featmap_strides: Sequence[int],
+                 tau: float) -> Tensor:
     if len(feats) != len(featmap_strides):
         raise ValueError(f'sampling_3d got {len(feats)} feature maps but featmap_strides='
                          f'{list(featmap_strides)}')

@@ -21,6 +21,7 @@ from mmengine.structures import InstanceData
 from torch import Tensor
 
 from ..layers import bbox_xyxy_to_xyzr, refine_xyzr, xyzr_to_bbox_xyxy
+from ..layers.precision import full_precision
 
 
 def clip_to_image(bboxes: Tensor, img_meta: dict, shape_key: str) -> Tensor:
@@ -115,8 +116,17 @@ class AdaMixerDecoder(SparseRoIHead):
 
     def _stage_loss(self, stage: int, bbox_results: dict, imgs_whwh: Tensor,
                     batch_img_metas: List[dict], batch_gt_instances: List[InstanceData]) -> dict:
-        cls_score = bbox_results['cls_score']
-        bboxes = bbox_results['decoded_bboxes']
+        # losses and matching in float32 under mixed precision (focal loss' log-sigmoid and
+        # GIoU's divisions lose too much in bf16/fp16)
+        cls_score = full_precision(bbox_results['cls_score'])
+        bboxes = full_precision(bbox_results['decoded_bboxes'])
+        with torch.autocast(cls_score.device.type, enabled=False):
+            return self._matched_losses(stage, cls_score, bboxes, full_precision(imgs_whwh),
+                                        batch_img_metas, batch_gt_instances)
+
+    def _matched_losses(self, stage: int, cls_score: Tensor, bboxes: Tensor, imgs_whwh: Tensor,
+                        batch_img_metas: List[dict],
+                        batch_gt_instances: List[InstanceData]) -> dict:
         sampling_results = []
         for i, img_meta in enumerate(batch_img_metas):
             pred_instances = InstanceData(
