@@ -16,7 +16,7 @@ from _lors_helpers import (C, DIM, G, NUM_STAGES, P_IN, P_OUT, REPO, build, load
                            make_data_samples, make_inputs, mixers, offline,
                            randomize_private_terms, spread_queries, tiny_lors_cfg)
 
-OLD_LAYOUT = REPO / 'tests' / 'lors_adamixer' / 'data' / 'lors_old_layout_tiny.pth'
+OLD_LAYOUT = REPO / 'tests' / 'fixtures' / 'lors_old_layout_tiny.pth'
 CONVERTER = REPO / 'tools' / 'model_converters' / 'lors_stack_to_per_stage.py'
 
 
@@ -95,8 +95,8 @@ def test_after_init_every_stage_equals_the_shared_mixing():
 
 
 def test_same_outputs_losses_and_gradients_as_the_previous_implementation():
-    """``data/lors_old_layout_tiny.pth`` was written by the previous implementation (one stack
-    holding every stage's terms, commit 4aac7fb) for this tiny config in float64, with every
+    """``tests/fixtures/lors_old_layout_tiny.pth`` was written by the previous implementation
+    (one stack holding every stage's terms, commit 4aac7fb) for this tiny config in float64, with every
     parameter off its init: weights, tensor-mode outputs, losses and decoder gradients. Its
     weights converted by tools/model_converters/lors_stack_to_per_stage.py must give the same
     numbers here."""

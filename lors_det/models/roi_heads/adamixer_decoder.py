@@ -10,7 +10,7 @@ clipped to the image (the network input, and the original image when rescaled).
 The queries come from ``InitialQueryGenerator`` (``xyzr``, ``features``, ``imgs_whwh`` per image).
 """
 import copy
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from mmdet.models.roi_heads import SparseRoIHead
@@ -50,6 +50,10 @@ class AdaMixerDecoder(SparseRoIHead):
         train_cfg: one dict (used by every stage) or a list of per-stage dicts with ``assigner``, ``sampler`` (PseudoSampler) and
             ``pos_weight``.
         test_cfg: dict with ``max_per_img``.
+        compile_cfg: None (eager) or the keyword arguments of ``torch.compile`` (``dict()`` for
+            its defaults) with which every stage is compiled on first use. The compiled stage
+            shares the stage's parameters; outputs equal eager ones to float rounding
+            (tests/models/test_compiled_stages.py).
     """
 
     def __init__(self,
@@ -61,7 +65,8 @@ class AdaMixerDecoder(SparseRoIHead):
                  bbox_roi_extractor=None,
                  train_cfg=None,
                  test_cfg=None,
-                 init_cfg=None) -> None:
+                 init_cfg=None,
+                 compile_cfg: Optional[dict] = None) -> None:
         # mmengine runs a parent's init_cfg before the children's init_weights, but a decoder
         # init_cfg would still be a second, competing init; the stages own their init.
         if init_cfg is not None:
@@ -83,8 +88,13 @@ class AdaMixerDecoder(SparseRoIHead):
                 roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=2),
                 out_channels=content_dim,
                 featmap_strides=list(featmap_strides))
+        if compile_cfg is not None and not isinstance(compile_cfg, dict):
+            raise ValueError(f'roi_head.compile_cfg must be None or a dict of torch.compile '
+                             f'arguments, got {compile_cfg!r}')
         self.content_dim = content_dim
         self.featmap_strides = list(featmap_strides)
+        self.compile_cfg = compile_cfg
+        self._compiled_stages = {}  # not state: rebuilt on first use after a copy
         super().__init__(
             num_stages=num_stages,
             stage_loss_weights=list(stage_loss_weights),
@@ -108,8 +118,22 @@ class AdaMixerDecoder(SparseRoIHead):
         imgs_whwh = torch.stack([res.imgs_whwh for res in rpn_results_list])
         return torch.stack(xyzr), content, imgs_whwh
 
+    def _stage(self, stage: int):
+        """Stage ``stage``, compiled on first use when ``compile_cfg`` is set."""
+        if self.compile_cfg is None:
+            return self.bbox_head[stage]
+        if stage not in self._compiled_stages:
+            self._compiled_stages[stage] = torch.compile(self.bbox_head[stage],
+                                                         **self.compile_cfg)
+        return self._compiled_stages[stage]
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state['_compiled_stages'] = {}  # compiled wrappers are neither copied nor pickled
+        return state
+
     def _bbox_forward(self, stage: int, x: Tuple[Tensor], xyzr: Tensor, content: Tensor) -> dict:
-        cls_score, delta, content = self.bbox_head[stage](x, xyzr, content, self.featmap_strides)
+        cls_score, delta, content = self._stage(stage)(x, xyzr, content, self.featmap_strides)
         xyzr = refine_xyzr(xyzr, delta)
         bboxes = xyzr_to_bbox_xyxy(xyzr)
         return dict(cls_score=cls_score, xyzr=xyzr, decoded_bboxes=bboxes, object_feats=content)

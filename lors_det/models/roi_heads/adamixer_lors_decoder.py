@@ -72,7 +72,8 @@ class AdaMixerLORSDecoder(AdaMixerDecoder):
                  bbox_roi_extractor=None,
                  train_cfg=None,
                  test_cfg=None,
-                 init_cfg=None) -> None:
+                 init_cfg=None,
+                 compile_cfg=None) -> None:
         lors_cfg = dict(lors_cfg or {})
         share = {key: lors_cfg.pop(key, True) for key in ('share_generator', 'share_out_proj')}
         for key, value in share.items():
@@ -99,7 +100,8 @@ class AdaMixerLORSDecoder(AdaMixerDecoder):
             bbox_roi_extractor=bbox_roi_extractor,
             train_cfg=train_cfg,
             test_cfg=test_cfg,
-            init_cfg=init_cfg)
+            init_cfg=init_cfg,
+            compile_cfg=compile_cfg)
         if shared is not None:
             self.shared_mixing = shared  # registered once, here; the stages hold references
 
