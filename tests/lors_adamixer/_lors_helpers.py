@@ -125,3 +125,16 @@ def make_data_samples(gt=True, dtype=torch.float32):
 def make_inputs(seed=1, dtype=torch.float32):
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(len(IMG_SHAPES), 3, *BATCH_SHAPE, generator=gen).to(dtype)
+
+
+def generic_tiny_model(lors: bool):
+    """``(config, model)``: the tiny LORS model (``lors``) or the plain AdaMixer at the same
+    dims (both sharing switches off), with distinct queries and non-zero private terms."""
+    cfg = tiny_lors_cfg()
+    if not lors:
+        cfg.roi_head.lors_cfg.update(share_generator=False, share_out_proj=False)
+    model = build(cfg)
+    spread_queries(model)
+    if lors:
+        randomize_private_terms(model)
+    return cfg, model

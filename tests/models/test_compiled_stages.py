@@ -9,19 +9,13 @@ import torch
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(REPO, 'tests', 'lors_adamixer'))
-from _lors_helpers import (build, make_data_samples, make_inputs,  # noqa: E402
-                           randomize_private_terms, spread_queries, tiny_lors_cfg)
+from _lors_helpers import (build, generic_tiny_model, make_data_samples,  # noqa: E402
+                           make_inputs, tiny_lors_cfg)
 
 
 @pytest.mark.parametrize('lors', [False, True], ids=['adamixer', 'lors'])
 def test_compiled_stages_equal_eager(lors):
-    cfg = tiny_lors_cfg()
-    if not lors:
-        cfg.roi_head.lors_cfg.update(share_generator=False, share_out_proj=False)
-    eager = build(cfg)
-    spread_queries(eager)
-    if lors:
-        randomize_private_terms(eager)
+    cfg, eager = generic_tiny_model(lors)
     compiled_cfg = copy.deepcopy(cfg)
     compiled_cfg.roi_head.compile_cfg = dict(dynamic=False)
     compiled = build(compiled_cfg, init=False)

@@ -14,8 +14,7 @@ from lors_det.models.layers import sampling_3d
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(REPO, 'tests', 'tools'))
 sys.path.insert(0, osp.join(REPO, 'tests', 'lors_adamixer'))
-from _lors_helpers import (build, make_data_samples, make_inputs,  # noqa: E402
-                           randomize_private_terms, spread_queries, tiny_lors_cfg)
+from _lors_helpers import generic_tiny_model, make_data_samples, make_inputs  # noqa: E402
 from _tools_helpers import TINY_DIGITS, read_jsonl, run_tool, write_tiny_config  # noqa: E402
 
 # bf16 keeps 8 bits of mantissa (relative step 2^-8 = 0.4 %); through a 6-stage decoder the
@@ -36,13 +35,7 @@ def test_sampling_stays_float32_under_autocast():
 
 @pytest.mark.parametrize('lors', [False, True], ids=['adamixer', 'lors'])
 def test_bf16_autocast_outputs_close_to_float32(lors):
-    cfg = tiny_lors_cfg()
-    if not lors:
-        cfg.roi_head.lors_cfg.update(share_generator=False, share_out_proj=False)
-    model = build(cfg)
-    spread_queries(model)
-    if lors:
-        randomize_private_terms(model)
+    _, model = generic_tiny_model(lors)
     model.eval()
     inputs, samples = make_inputs(), make_data_samples()
     with torch.no_grad():
