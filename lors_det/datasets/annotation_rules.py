@@ -20,7 +20,8 @@ from mmdet.datasets.api_wrappers import COCO
 from mmengine.logging import print_log
 
 KEPT, CLIPPED = 'kept', 'clipped'
-DROPPED = ('non-finite or missing coordinates', 'degenerate or outside the image', 'area <= 0', 'unknown category_id')
+DROPPED = ('non-finite or missing coordinates', 'degenerate or outside the image', 'area <= 0',
+           'unknown category_id')
 
 
 def check_image_records(images: Sequence[dict], ann_file: str) -> None:

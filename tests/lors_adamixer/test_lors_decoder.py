@@ -96,8 +96,9 @@ def test_after_init_every_stage_equals_the_shared_mixing():
 
 def test_same_outputs_losses_and_gradients_as_the_previous_implementation():
     """``tests/fixtures/lors_old_layout_tiny.pth`` was written by the previous implementation
-    (one stack holding every stage's terms, commit 4aac7fb) for this tiny config in float64, with every
-    parameter off its init: weights, tensor-mode outputs, losses and decoder gradients. Its
+    (one stack holding every stage's terms, commit 4aac7fb) for this tiny config in float64,
+    with every parameter off its init: weights, tensor-mode outputs, losses and decoder
+    gradients. Its
     weights converted by tools/model_converters/lors_stack_to_per_stage.py must give the same
     numbers here."""
     spec = importlib.util.spec_from_file_location('converter', CONVERTER)

@@ -174,3 +174,22 @@ def test_sampling_mixing_init_random_and_grid():
     torch.testing.assert_close(bias[0, :, :2], grid)
     torch.testing.assert_close(bias[1, :, :2], grid)
     assert torch.all(bias[..., 2] == -1.0)
+
+
+def test_sampling_offset_init_can_be_chosen():
+    """'uniform' for a square P_in, 'grid' only for a square P_in, 'auto' as before."""
+    torch.manual_seed(0)
+    square = AdaptiveSamplingMixing(content_dim=32, feat_channels=32, in_points=16,
+                                    out_points=8, n_groups=4, offset_init='uniform')
+    bias = square.sampling_offset_generator[0].bias.view(4, 16, 3)
+    ticks = (torch.arange(4) + 0.5) / 4 - 0.5
+    grid = torch.stack(torch.meshgrid(ticks, ticks, indexing='xy'), dim=-1).reshape(16, 2)
+    assert not torch.allclose(bias[0, :, :2], grid)  # not the grid ...
+    assert bias[..., :2].abs().max() <= 0.5 and torch.all(bias[..., 2] == -1.0)  # ... uniform
+    auto = AdaptiveSamplingMixing(content_dim=32, feat_channels=32, in_points=16,
+                                  out_points=8, n_groups=4)
+    torch.testing.assert_close(auto.sampling_offset_generator[0].bias.view(4, 16, 3)[0, :, :2],
+                               grid)
+    with pytest.raises(ValueError, match='grid needs a square in_points, got 32'):
+        AdaptiveSamplingMixing(content_dim=32, feat_channels=32, in_points=32, out_points=8,
+                               n_groups=4, offset_init='grid')

@@ -94,7 +94,8 @@ train_dataloader = dict(
 test_dataloader = dict(
     batch_size=2, num_workers=0, persistent_workers=False,
     dataset=dict(data_root=data_root, generator_cfg=generator_cfg, pipeline=test_pipeline))
-test_evaluator = dict(type='CheckedCocoMetric', ann_file=data_root + 'annotations/instances_val.json',
+test_evaluator = dict(type='CheckedCocoMetric',
+                      ann_file=data_root + 'annotations/instances_val.json',
                       metric='bbox')
 test_cfg = dict(type='TestLoop')
 {val}
@@ -146,6 +147,16 @@ def run_tool(args, cwd=REPO, timeout=300, env=None, check=True) -> subprocess.Co
         raise AssertionError(f'{args} failed ({proc.returncode}):\n'
                              f'{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}')
     return proc
+
+
+def load_script(relative_path: str):
+    """A script of the repository (e.g. ``benchmarks/main_job.py``) imported as a module."""
+    import importlib.util
+    path = osp.join(REPO, relative_path)
+    spec = importlib.util.spec_from_file_location(osp.splitext(osp.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def free_port() -> int:

@@ -1,23 +1,14 @@
 """benchmarks/main_job.py turns mmengine's scalars.json into the README's numbers."""
-import importlib.util
 import json
 import os.path as osp
 
 import pytest
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location(
-        'main_job', osp.join(REPO, 'benchmarks', 'main_job.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from _tools_helpers import REPO, load_script
 
 
 def test_summary_of_a_logged_run(tmp_path):
-    main_job = load_script()
+    main_job = load_script('benchmarks/main_job.py')
     vis = tmp_path / '20261202_000000' / 'vis_data'
     vis.mkdir(parents=True)
     records = [dict(loss=3.0, time=0.5, data_time=0.01, iter=1),

@@ -181,7 +181,8 @@ def hard_kills(runs, tmp_path_factory):
     # a kill in mid-epoch, resumed from the iteration checkpoint iter_3.pth
     mid_cfg = _with(cfg, str(root / 'mid.py'), ITER_CKPTS)
     mid_crash = _with(mid_cfg, str(root / 'mid_crash.py'), f"""custom_hooks = [
-    dict(type='RecordRankLossesHook'), dict(type='InterruptAfterIterHook', iters={MID_EPOCH_KILL})]""")
+    dict(type='RecordRankLossesHook'),
+    dict(type='InterruptAfterIterHook', iters={MID_EPOCH_KILL})]""")
     mid_dir = str(root / 'mid')
     crashed = run_tool(['tools/train.py', mid_crash, '--work-dir', mid_dir], env=env, check=False)
     resumed = run_tool(['tools/train.py', mid_cfg, '--work-dir', mid_dir, '--resume'], env=env)

@@ -166,6 +166,11 @@ class AdaptiveSamplingMixing(BaseModule):
         tau: temperature of the pyramid-level softmax.
         mixing_cfg: config of the mixer; ``in_dim, in_points, out_points, n_groups, query_dim,
             out_dim`` are filled in from the arguments above.
+        offset_init: initial xy offsets of the sampling points (the generator's bias):
+            'grid' (cell centres of a regular grid in the box; needs a square ``in_points``),
+            'uniform' (uniform in the box), or 'auto' (AdaMixer's rule: grid when
+            ``in_points`` is a square, else uniform). Comparisons across ``in_points`` need
+            one explicit rule.
     """
 
     def __init__(self,
@@ -176,9 +181,16 @@ class AdaptiveSamplingMixing(BaseModule):
                  n_groups: int = 4,
                  tau: float = 2.0,
                  mixing_cfg: dict = dict(type='AdaptiveMixing'),
+                 offset_init: str = 'auto',
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         _check_divisible('feat_channels', feat_channels, n_groups)
+        side = math.isqrt(in_points)
+        if offset_init not in ('auto', 'grid', 'uniform') or (
+                offset_init == 'grid' and side * side != in_points):
+            raise ValueError(f"offset_init={offset_init!r} must be 'auto', 'uniform' or 'grid' "
+                             f'(grid needs a square in_points, got {in_points})')
+        self.offset_init = offset_init
         self.content_dim = content_dim
         self.feat_channels = feat_channels
         self.in_points = in_points
@@ -208,7 +220,9 @@ class AdaptiveSamplingMixing(BaseModule):
         nn.init.zeros_(generator.weight)
         bias = generator.bias.data.view(self.n_groups, self.in_points, 3)
         side = math.isqrt(self.in_points)
-        if side * side == self.in_points:
+        grid = self.offset_init == 'grid' or (self.offset_init == 'auto'
+                                              and side * side == self.in_points)
+        if grid:
             # regular side x side grid of cell centres inside the box, x varying fastest
             ticks = (torch.arange(side, dtype=bias.dtype) + 0.5) / side - 0.5
             grid_y, grid_x = torch.meshgrid(ticks, ticks, indexing='ij')

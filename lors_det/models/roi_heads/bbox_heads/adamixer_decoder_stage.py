@@ -56,6 +56,8 @@ class AdaMixerDecoderStage(DIIHead):
         out_points: points per group after spatial mixing, P_out.
         n_groups: sampling/mixing groups G.
         sampling_tau: temperature of the pyramid-level softmax.
+        sampling_offset_init: initial sampling offsets, 'auto' / 'grid' / 'uniform' (see
+            ``AdaptiveSamplingMixing.offset_init``).
         mixing_cfg: the mixer built by ``AdaptiveSamplingMixing`` (``in_dim, in_points,
             out_points, n_groups, query_dim, out_dim`` are filled in).
         ffn_act_cfg: FFN activation.
@@ -77,6 +79,7 @@ class AdaMixerDecoderStage(DIIHead):
                  out_points: int = 128,
                  n_groups: int = 4,
                  sampling_tau: float = 2.0,
+                 sampling_offset_init: str = 'auto',
                  mixing_cfg: dict = dict(type='AdaptiveMixing'),
                  ffn_act_cfg: dict = dict(type='ReLU', inplace=True),
                  loss_cls: dict = dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
@@ -123,6 +126,7 @@ class AdaMixerDecoderStage(DIIHead):
             out_points=out_points,
             n_groups=n_groups,
             tau=sampling_tau,
+            offset_init=sampling_offset_init,
             mixing_cfg=mixing_cfg)
 
         self.ffn = FFN(embed_dims=content_dim, feedforward_channels=feedforward_channels,
