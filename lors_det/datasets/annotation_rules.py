@@ -14,7 +14,7 @@
 import logging
 import math
 from collections import Counter, defaultdict
-from typing import Dict, List, Optional, Sequence
+from typing import Collection, Dict, List, Optional, Sequence
 
 from mmdet.datasets.api_wrappers import COCO
 from mmengine.logging import print_log
@@ -40,7 +40,7 @@ def check_image_records(images: Sequence[dict], ann_file: str) -> None:
 
 
 def clean_box(ann: dict, width: float, height: float, min_box_size: float,
-              known_category_ids: Optional[set] = None):
+              known_category_ids: Optional[Collection] = None):
     """``(annotation, outcome)``: a copy of ``ann`` with its box clipped (outcome KEPT or
     CLIPPED), or ``(None, reason)`` with a reason of :data:`DROPPED`."""
     if known_category_ids is not None and ann.get('category_id') not in known_category_ids:

@@ -105,7 +105,7 @@ class CheckedCocoDataset(CocoDataset):
             if ann.get('ignore', False):
                 continue
             clean, outcome = clean_box(ann, img_info['width'], img_info['height'],
-                                       self.min_box_size, set(self.cat_ids))
+                                       self.min_box_size, self.cat_ids)
             self._box_report.add(ann, outcome)
             if clean is not None:
                 anns.append(clean)

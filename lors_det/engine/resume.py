@@ -4,24 +4,16 @@ import os.path as osp
 import warnings
 from typing import Optional
 
+from mmengine.runner.checkpoint import find_latest_checkpoint
+
 from ..checkpoint import CorruptCheckpointError, load_checkpoint_file
-
-
-def _recorded_last(work_dir: str) -> Optional[str]:
-    """The checkpoint named by ``work_dir/last_checkpoint`` (mmengine's record), if any."""
-    record = osp.join(work_dir, 'last_checkpoint')
-    if not osp.isfile(record):
-        return None
-    with open(record) as f:
-        path = f.read().strip()
-    return path or None
 
 
 def intact_resume_checkpoint(work_dir: str) -> Optional[str]:
     """The checkpoint to resume from: the recorded last one if it reads, else the newest
     ``epoch_*.pth`` / ``iter_*.pth`` of ``work_dir`` that reads, with a warning naming both.
     None when the work dir has no checkpoint (training starts from scratch)."""
-    last = _recorded_last(work_dir)
+    last = find_latest_checkpoint(work_dir)  # mmengine's record, work_dir/last_checkpoint
     saved = glob.glob(osp.join(work_dir, 'epoch_*.pth')) + glob.glob(osp.join(work_dir,
                                                                               'iter_*.pth'))
     saved = [p for p in sorted(saved, key=osp.getmtime, reverse=True)

@@ -20,6 +20,14 @@ OLD_LAYOUT = REPO / 'tests' / 'fixtures' / 'lors_old_layout_tiny.pth'
 CONVERTER = REPO / 'tools' / 'model_converters' / 'lors_stack_to_per_stage.py'
 
 
+def load_converter():
+    """tools/model_converters/lors_stack_to_per_stage.py as a module."""
+    spec = importlib.util.spec_from_file_location('converter', CONVERTER)
+    converter = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(converter)
+    return converter
+
+
 def test_shared_weights_owned_once_private_terms_by_each_stage():
     model = build(tiny_lors_cfg(), init=False)
     shared = model.roi_head.shared_mixing
@@ -101,9 +109,7 @@ def test_same_outputs_losses_and_gradients_as_the_previous_implementation():
     gradients. Its
     weights converted by tools/model_converters/lors_stack_to_per_stage.py must give the same
     numbers here."""
-    spec = importlib.util.spec_from_file_location('converter', CONVERTER)
-    converter = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(converter)
+    converter = load_converter()
     old = torch.load(OLD_LAYOUT, map_location='cpu', weights_only=True)
     model = build(tiny_lors_cfg(), init=False).double()
     model.load_state_dict(converter.convert_state_dict(old['state_dict']), strict=True)
@@ -251,9 +257,7 @@ def test_eval_merges_the_static_out_projection_once():
 
 
 def test_converter_tool_on_a_checkpoint_file(tmp_path):
-    spec = importlib.util.spec_from_file_location('converter', CONVERTER)
-    converter = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(converter)
+    converter = load_converter()
     old = torch.load(OLD_LAYOUT, map_location='cpu', weights_only=True)
     src, dst = tmp_path / 'old.pth', tmp_path / 'new.pth'
     torch.save(dict(meta=dict(epoch=12), state_dict=old['state_dict']), src)

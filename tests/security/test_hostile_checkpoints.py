@@ -9,7 +9,6 @@ file. Controls show that the payloads are live (an unrestricted load runs them) 
 previous allow-list, with plain ``getattr``, runs the chain: these tests can fail.
 """
 import copy
-import importlib.util
 import os
 import os.path as osp
 import pickle
@@ -36,17 +35,10 @@ sys.path.insert(0, osp.join(REPO, 'tests', 'tools'))
 sys.path.insert(0, HERE)
 from _hostile_checkpoints import (GETATTR_CHAIN, HOSTILE, RUNS_CODE,  # noqa: E402
                                   base_checkpoint, write_hostile)
-from _tools_helpers import TINY_DIGITS, run_tool, write_tiny_config  # noqa: E402
+from _tools_helpers import (TINY_DIGITS, load_script, run_tool,  # noqa: E402
+                            write_tiny_config)
 
 LORS_DEMO = osp.join(REPO, 'configs', 'demo', 'adamixer-lors_tiny_1xb8-demo_digits.py')
-
-
-def load_tool(relative_path: str):
-    path = osp.join(REPO, relative_path)
-    spec = importlib.util.spec_from_file_location(osp.splitext(osp.basename(path))[0], path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(autouse=True)
@@ -103,7 +95,7 @@ def _analysis_build_detector(path, tiny, out):
 
 
 def _fold_lors(path, tiny, out):
-    load_tool('tools/model_converters/fold_lors.py').fold_checkpoint(LORS_DEMO, path, out)
+    load_script('tools/model_converters/fold_lors.py').fold_checkpoint(LORS_DEMO, path, out)
 
 
 def _adapter_ckpt_extract(path, tiny, out):
@@ -112,7 +104,7 @@ def _adapter_ckpt_extract(path, tiny, out):
 
 
 def _official_converter(path, tiny, out):
-    load_tool('tools/model_converters/adamixer_official_to_lors_det.py').convert_file(path, out)
+    load_script('tools/model_converters/adamixer_official_to_lors_det.py').convert_file(path, out)
 
 
 LOADERS = {f.__name__.lstrip('_'): f for f in (

@@ -61,19 +61,20 @@ def build_detector(cfg: Config, checkpoint: Optional[str] = None,
     if 'model' not in cfg:
         raise KeyError(f'{cfg.filename}: the config has no `model`')
     model = MODELS.build(cfg.model)
-    if checkpoint is not None:
-        if not osp.isfile(checkpoint):
-            raise FileNotFoundError(f'checkpoint file not found: {checkpoint}')
+    if checkpoint is not None:  # read safely; a missing file is named by lors_det.checkpoint
         load_checkpoint(model, checkpoint, map_location='cpu', strict=True,
                         logger='current')
     return model.to(device).eval()
 
 
-def synthetic_batch(shape: Tuple[int, int], batch_size: int = 1, seed: int = 0) -> dict:
-    """What a test dataloader gives for ``batch_size`` random uint8 images of ``shape``
-    ``(H, W)`` that need no resize: ``dict(inputs=[3, H, W] tensors, data_samples=[...])`` with
-    ``img_shape = ori_shape = (H, W)`` and ``scale_factor = (1, 1)`` in the metainfo."""
+def synthetic_batch(shape: Tuple[int, int], batch_size: int = 1, seed: int = 0,
+                    num_gts: int = 0, num_classes: int = 80) -> dict:
+    """What a dataloader gives for ``batch_size`` random uint8 images of ``shape`` ``(H, W)``
+    that need no resize: ``dict(inputs=[3, H, W] tensors, data_samples=[...])`` with
+    ``img_shape = ori_shape = (H, W)`` and ``scale_factor = (1, 1)`` in the metainfo, and, with
+    ``num_gts``, that many random ground-truth boxes (labels below ``num_classes``) per image."""
     from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
 
     height, width = shape
     gen = torch.Generator().manual_seed(seed)
@@ -81,17 +82,26 @@ def synthetic_batch(shape: Tuple[int, int], batch_size: int = 1, seed: int = 0) 
     for _ in range(batch_size):
         images.append(torch.randint(0, 256, (3, height, width), generator=gen,
                                     dtype=torch.uint8))
-        samples.append(DetDataSample(metainfo=dict(
-            img_shape=(height, width), ori_shape=(height, width), scale_factor=(1.0, 1.0))))
+        sample = DetDataSample(metainfo=dict(
+            img_shape=(height, width), ori_shape=(height, width), scale_factor=(1.0, 1.0)))
+        if num_gts:
+            size = torch.tensor([width, height], dtype=torch.float32)
+            xy = torch.rand(num_gts, 2, generator=gen) * size * 0.7
+            wh = torch.rand(num_gts, 2, generator=gen) * size * 0.3 + 4
+            sample.gt_instances = InstanceData(
+                bboxes=torch.cat([xy, xy + wh], 1),
+                labels=torch.randint(0, num_classes, (num_gts,), generator=gen))
+        samples.append(sample)
     return dict(inputs=images, data_samples=samples)
 
 
 def dummy_batch(model: torch.nn.Module, shape: Tuple[int, int], batch_size: int = 1,
-                seed: int = 0) -> dict:
+                seed: int = 0, num_gts: int = 0, num_classes: int = 80) -> dict:
     """:func:`synthetic_batch` through ``model.data_preprocessor``: ``dict(inputs=[B, 3, H',
     W'], data_samples=[DetDataSample])`` with ``H', W'`` the padded size, which every sample's
     metainfo has as ``pad_shape`` and ``batch_input_shape``."""
-    data = model.data_preprocessor(synthetic_batch(shape, batch_size, seed), False)
+    data = model.data_preprocessor(
+        synthetic_batch(shape, batch_size, seed, num_gts, num_classes), False)
     padded = tuple(data['inputs'].shape[-2:])
     for sample in data['data_samples']:
         for key in ('pad_shape', 'batch_input_shape'):

@@ -18,47 +18,27 @@ import os.path as osp
 import sys
 import time
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+from analysis_utils import REPO_ROOT as REPO  # noqa: E402  (puts the repo on sys.path)
+from analysis_utils import build_detector, dummy_batch, load_config  # noqa: E402
 
 CONFIGS = ('configs/adamixer/adamixer_r50_8xb2-1x_coco.py',
            'configs/lors/adamixer-lors_r50_8xb2-1x_coco.py')
 
 
-def synthetic_batch(batch, shape, seed, device):
-    import torch
-    from mmengine.structures import InstanceData
-    from mmdet.structures import DetDataSample
-    gen = torch.Generator().manual_seed(seed)
-    h, w = shape
-    inputs = torch.randn(batch, 3, h, w, generator=gen)
-    samples = []
-    for _ in range(batch):
-        sample = DetDataSample(metainfo=dict(img_shape=(h, w), pad_shape=(h, w),
-                                             batch_input_shape=(h, w), ori_shape=(h, w),
-                                             scale_factor=(1., 1.)))
-        xy = torch.rand(5, 2, generator=gen) * torch.tensor([w * 0.7, h * 0.7])
-        wh = torch.rand(5, 2, generator=gen) * torch.tensor([w * 0.3, h * 0.3]) + 4
-        sample.gt_instances = InstanceData(
-            bboxes=torch.cat([xy, xy + wh], 1).to(device),
-            labels=torch.randint(0, 80, (5,), generator=gen).to(device))
-        samples.append(sample)
-    return inputs.to(device), samples
-
-
 def build(config, device):
+    """The config's detector on ``device``, initialised from seed 0 (no pretrained download)."""
     import torch
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-    from mmdet.registry import MODELS
-    cfg = Config.fromfile(osp.join(REPO, config))
-    cfg.model.backbone.init_cfg = None  # no download: synthetic data, random weights
-    init_default_scope('mmdet')
+    cfg = load_config(osp.join(REPO, config), {'model.backbone.init_cfg': None})
     torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
+    model = build_detector(cfg, device=device)
     model.init_weights()
-    return model.to(device)
+    return model
+
+
+def batch_of(model, shape, batch, seed):
+    """Random images of ``shape`` with 5 random boxes each, through the model's preprocessor."""
+    data = dummy_batch(model, shape, batch, seed, num_gts=5)
+    return data['inputs'], data['data_samples']
 
 
 def train(model, device, iters, batch, shape, amp):
@@ -70,7 +50,7 @@ def train(model, device, iters, batch, shape, amp):
     dtype = torch.float16 if cuda else torch.bfloat16
     losses, times = [], []
     for i in range(iters):
-        inputs, samples = synthetic_batch(batch, shape, seed=i, device=device)
+        inputs, samples = batch_of(model, shape, batch, seed=i)
         if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -95,14 +75,14 @@ def main(argv=None) -> int:
     parser.add_argument('--device', default='cuda')
     parser.add_argument('--iters', type=int, default=50)
     parser.add_argument('--batch', type=int, default=2)
-    parser.add_argument('--shape', type=int, nargs=2, default=[800, 1344])
+    parser.add_argument('--shape', type=int, nargs=2, default=[800, 1333],
+                        help='image size H W (padded by the data preprocessor)')
     parser.add_argument('--infer-iters', type=int, default=10)
     parser.add_argument('--atol', type=float, default=1e-3)
     parser.add_argument('--out', default='gpu_check.json')
     args = parser.parse_args(argv)
 
     import torch
-    import lors_det  # noqa: F401
     from mmengine.logging import MMLogger
     MMLogger.get_current_instance().setLevel('ERROR')
     if args.device.startswith('cuda'):
@@ -132,19 +112,18 @@ def main(argv=None) -> int:
         model = build(config, args.device).eval()
         cpu_model = build(config, 'cpu').eval()
         cpu_model.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()})
-        inputs, samples = synthetic_batch(1, tuple(args.shape), seed=123, device=args.device)
+        inputs, samples = batch_of(model, tuple(args.shape), 1, seed=123)
+        cpu_inputs, cpu_samples = batch_of(cpu_model, tuple(args.shape), 1, seed=123)
         with torch.no_grad():
             cls, box = model._forward(inputs, samples)[0][-1]
-            cpu_samples = synthetic_batch(1, tuple(args.shape), seed=123, device='cpu')[1]
-            cls_c, box_c = cpu_model._forward(inputs.cpu(), cpu_samples)[0][-1]
+            cls_c, box_c = cpu_model._forward(cpu_inputs, cpu_samples)[0][-1]
         score_diff = (cls.float().cpu().sigmoid() - cls_c.sigmoid()).abs().max().item()
         box_diff = (box.float().cpu() - box_c).abs().max().item() / max(args.shape)
         same = score_diff <= args.atol and box_diff <= args.atol
         ok &= same
         row['device_vs_cpu'] = dict(max_score_diff=score_diff, max_box_diff_rel=box_diff,
                                     within_tolerance=same)
-        inputs, samples = synthetic_batch(args.batch, tuple(args.shape), seed=7,
-                                          device=args.device)
+        inputs, samples = batch_of(model, tuple(args.shape), args.batch, seed=7)
         with torch.no_grad():
             model.predict(inputs, samples)  # warm-up
             if cuda:
