@@ -7,6 +7,7 @@ _base_ = [
     '../_base_/models/adamixer_r50.py',
     '../_base_/datasets/digits_detection.py',
     '../_base_/default_runtime.py',
+    '../_base_/schedules/demo_digits_parts.py',
 ]
 num_stages = 6
 num_query = 32
@@ -37,23 +38,11 @@ model = dict(
             n_groups=4)),
     test_cfg=dict(rcnn=dict(max_per_img=num_query)))
 
-max_epochs = 12
-train_cfg = dict(type='ResumableEpochBasedTrainLoop', max_epochs=max_epochs, val_interval=1)
+train_cfg = {{_base_.demo_train_cfg}}
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=150),
-    dict(type='CosineAnnealingLR', T_max=max_epochs, eta_min=1e-5, by_epoch=True,
-         begin=0, end=max_epochs, convert_to_iter_based=True)
-]
-optim_wrapper = dict(
-    type='OptimWrapper',
-    # fused: one kernel for all 269 tensors (5 ms instead of 17 ms per step on 2 CPU cores)
-    optimizer=dict(type='AdamW', lr=1e-3, weight_decay=1e-4, fused=True),
-    clip_grad=dict(max_norm=1, norm_type=2))
-auto_scale_lr = dict(enable=False, base_batch_size=8)
-
-default_hooks = dict(
-    logger=dict(type='LoggerHook', interval=25),
-    checkpoint=dict(type='AtomicCheckpointHook', interval=max_epochs, max_keep_ckpts=1))
-randomness = dict(seed=0)
+param_scheduler = {{_base_.demo_param_scheduler}}
+optim_wrapper = {{_base_.demo_optim_wrapper}}
+auto_scale_lr = {{_base_.demo_auto_scale_lr}}
+default_hooks = {{_base_.demo_default_hooks}}
+randomness = {{_base_.demo_randomness}}

@@ -1,1 +1,2 @@
-from . import adapters, backbones, dense_heads, detectors, layers, lors, necks, roi_heads  # noqa: F401
+from . import (adapters, backbones, dense_heads, detectors, layers, lors, necks,  # noqa: F401
+               roi_heads, task_modules)

@@ -70,7 +70,8 @@ def test_config_builds_with_plugin_and_runtime(path):
     # the decoder must score exactly the dataset's classes
     num_classes = len(cfg.train_dataloader.dataset.get('metainfo', {}).get('classes', ())) or (
         10 if 'digits' in path.name else 80)
-    assert model.roi_head.bbox_head[-1].num_classes == num_classes
+    head = model.roi_head.bbox_head[-1] if hasattr(model, 'roi_head') else model.bbox_head
+    assert head.num_classes == num_classes
 
 
 @pytest.mark.parametrize('rel_path, expected', [

@@ -1,7 +1,13 @@
 #!/usr/bin/env python
-"""Fold an AdaMixer+LORS checkpoint into plain per-stage AdaMixer weights.
+"""Fold a LORS checkpoint into plain per-stage weights (AdaMixer+LORS, or any ``LORSSharing``
+config: Sparse R-CNN, Deformable DETR, DINO).
 
     python tools/model_converters/fold_lors.py CONFIG CHECKPOINT OUT.pth [--out-config PLAIN.py]
+
+``LORSSharing`` configs (``model.type='LORSSharing'``): every LORS^T layer becomes its
+``W_shared + B A`` and bias, every LORS^A generator its affine fold; the plain config is the
+stock mmdet one (``model.type=detector_type``, no ``stacks``), which loads ``OUT.pth``
+strictly. For AdaMixer+LORS:
 
 ``CONFIG`` is the LORS training config (``roi_head.type='AdaMixerLORSDecoder'``). Every stage's
 generated mixing matrices ``M_i(q) = M_c(q) + sum B E_i(q) A`` are affine in the query, so they
@@ -32,7 +38,8 @@ from mmengine.registry import init_default_scope  # noqa: E402
 
 import lors_det  # noqa: E402,F401  (registers the models)
 from lors_det.checkpoint import load_checkpoint_file  # noqa: E402
-from lors_det.models.lors import fold_lors_state_dict, plain_adamixer_model_cfg  # noqa: E402
+from lors_det.models.lors import (fold_lors_stacks, fold_lors_state_dict,  # noqa: E402
+                                  plain_adamixer_model_cfg)
 from mmdet.registry import MODELS  # noqa: E402
 
 
@@ -50,11 +57,23 @@ def _read_state_dict(path: str) -> dict:
     return checkpoint.get('state_dict', checkpoint)
 
 
+def is_stack_sharing(cfg: Config) -> bool:
+    return cfg.model.get('type') == 'LORSSharing'
+
+
 def plain_config(cfg: Config) -> Config:
-    """The full config for the folded checkpoint: ``cfg`` with a plain AdaMixer decoder."""
+    """The full config for the folded checkpoint: ``cfg`` with the stock detector
+    (``LORSSharing``) or a plain AdaMixer decoder."""
     cfg_dict = cfg.to_dict()
-    cfg_dict['model'] = plain_adamixer_model_cfg(cfg_dict['model'])
-    cfg_dict.pop('lors_roi_head', None)  # the LORS delta variable of configs/_base_
+    if is_stack_sharing(cfg):
+        model = dict(cfg_dict['model'])
+        model['type'] = model.pop('detector_type')
+        model.pop('stacks')
+        cfg_dict['model'] = model
+        cfg_dict.pop('lors_stacks', None)  # the configs' LORS delta variable
+    else:
+        cfg_dict['model'] = plain_adamixer_model_cfg(cfg_dict['model'])
+        cfg_dict.pop('lors_roi_head', None)  # the LORS delta variable of configs/_base_
     return Config(cfg_dict)
 
 
@@ -66,7 +85,7 @@ def fold_checkpoint(config: str, checkpoint: str, out: str, out_config: str = No
     if missing or unexpected:
         raise KeyError(f'{checkpoint} does not fit {config}: missing {missing[:8]}, '
                        f'unexpected {unexpected[:8]}')
-    state = fold_lors_state_dict(model)
+    state = fold_lors_stacks(model) if is_stack_sharing(cfg) else fold_lors_state_dict(model)
     del model
 
     plain = plain_config(cfg)

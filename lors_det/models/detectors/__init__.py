@@ -1,3 +1,4 @@
 from .adamixer import AdaMixer
+from .lors_sharing import LORSSharing
 
-__all__ = ['AdaMixer']
+__all__ = ['AdaMixer', 'LORSSharing']

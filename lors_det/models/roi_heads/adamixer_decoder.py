@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ..layers import bbox_xyxy_to_xyzr, refine_xyzr, xyzr_to_bbox_xyxy
 from ..layers.precision import full_precision
+from ..task_modules import hungarian_assign_batch
 
 
 def clip_to_image(bboxes: Tensor, img_meta: dict, shape_key: str) -> Tensor:
@@ -151,16 +152,15 @@ class AdaMixerDecoder(SparseRoIHead):
     def _matched_losses(self, stage: int, cls_score: Tensor, bboxes: Tensor, imgs_whwh: Tensor,
                         batch_img_metas: List[dict],
                         batch_gt_instances: List[InstanceData]) -> dict:
-        sampling_results = []
-        for i, img_meta in enumerate(batch_img_metas):
-            pred_instances = InstanceData(
-                bboxes=bboxes[i].detach(), scores=cls_score[i].detach(), priors=bboxes[i].detach())
-            assign_result = self.bbox_assigner[stage].assign(
-                pred_instances=pred_instances,
-                gt_instances=batch_gt_instances[i],
-                img_meta=img_meta)
-            sampling_results.append(self.bbox_sampler[stage].sample(
-                assign_result, pred_instances, batch_gt_instances[i]))
+        pred_instances = [
+            InstanceData(bboxes=bboxes[i].detach(), scores=cls_score[i].detach(),
+                         priors=bboxes[i].detach()) for i in range(len(batch_img_metas))]
+        assign_results = hungarian_assign_batch(self.bbox_assigner[stage], pred_instances,
+                                                batch_gt_instances, batch_img_metas)
+        sampling_results = [
+            self.bbox_sampler[stage].sample(assign_result, preds, gts)
+            for assign_result, preds, gts in zip(assign_results, pred_instances,
+                                                 batch_gt_instances)]
         loss_and_target = self.bbox_head[stage].loss_and_target(
             cls_score.flatten(0, 1),
             bboxes.flatten(0, 1),

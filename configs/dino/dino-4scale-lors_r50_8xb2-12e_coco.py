@@ -1,0 +1,26 @@
+# LORS on mmdet's own DINO (4 scales, R-50, 900 queries, 12 epochs): the 6 decoder layers of
+# decoder.layers share their Linear layers and keep rank-8 private residuals (LORS^T):
+# the deformable cross-attention's sampling_offsets (256 -> 256), attention_weights
+# (256 -> 128), value_proj and output_proj (256 -> 256), and the FFN (256 -> 2048 -> 256).
+# The self-attention (nn.MultiheadAttention reads its projections as weights), the norms and
+# DINO's per-layer box / class branches stay per layer; the encoder is untouched (add a stack
+# with container='encoder.layers' to share it too). Stock init for the shared layers, zero
+# residual at init.
+_base_ = 'mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py'
+
+lors_stacks = [
+    dict(
+        container='decoder.layers',
+        static=dict(
+            targets=[r'cross_attn\.(sampling_offsets|attention_weights|value_proj|output_proj)',
+                     r'ffn\.layers\.(0\.0|1)'],
+            rank=8))
+]
+model = dict(type='LORSSharing', detector_type='DINO', stacks=lors_stacks)
+
+# lors_det runtime: the plugin, crash-safe checkpoints, mid-epoch resume, checked COCO metric
+custom_imports = dict(imports=['lors_det'], allow_failed_imports=False)
+default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
+train_cfg = dict(type='ResumableEpochBasedTrainLoop')
+val_evaluator = dict(type='CheckedCocoMetric')
+test_evaluator = val_evaluator
