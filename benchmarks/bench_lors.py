@@ -37,9 +37,10 @@ import argparse
 import copy
 import multiprocessing as mp
 import os
-import resource
 import statistics
 import time
+
+from _peak_memory import PeakMemory
 
 VARIANTS = ('adamixer', 'adamixer-g2p64', 'lors', 'lors-folded')
 PLAIN_CFG = 'configs/adamixer/adamixer_r50_8xb2-1x_coco.py'
@@ -208,29 +209,6 @@ class Runner:
         return dict(decoder=decoder)
 
 
-def _rss_bytes() -> int:
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')  # resets VmHWM (Linux >= 4.0)
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_bytes(reset_ok: bool) -> int:
-    if reset_ok:
-        with open('/proc/self/status') as f:
-            for line in f:
-                if line.startswith('VmHWM:'):
-                    return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def measure(variant: str, args: dict) -> dict:
     import torch
 
@@ -243,26 +221,18 @@ def measure(variant: str, args: dict) -> dict:
     dets = [dict(scores=d.scores.cpu(), bboxes=d.bboxes.cpu()) for d in runner.infer()]
 
     runner.sync()
-    if runner.device.type == 'cuda':
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = _rss_bytes()
-        reset_ok = _reset_peak_rss()
-    first_loss = runner.train_step()
-    for _ in range(args['warmup'] - 1):
-        runner.train_step()
-    step_times = []
-    for _ in range(args['steps']):
-        runner.sync()
-        start = time.perf_counter()
-        runner.train_step()
-        runner.sync()
-        step_times.append(time.perf_counter() - start)
-    if runner.device.type == 'cuda':
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = _peak_rss_bytes(reset_ok) - base
+    with PeakMemory(runner.device) as peak_memory:
+        first_loss = runner.train_step()
+        for _ in range(args['warmup'] - 1):
+            runner.train_step()
+        step_times = []
+        for _ in range(args['steps']):
+            runner.sync()
+            start = time.perf_counter()
+            runner.train_step()
+            runner.sync()
+            step_times.append(time.perf_counter() - start)
+    peak = peak_memory.bytes
 
     runner.infer()  # warm-up (also the one-off LORS^T merge)
     infer_times = []

@@ -2,9 +2,13 @@
 """Params / FLOPs of every shipped COCO config family, as the README's markdown table.
 
     python benchmarks/complexity_table.py [--shape 800 1333] [--configs CFG ...] [--out F.md]
+    python benchmarks/complexity_table.py --mmdet      # LORS on mmdet's decoders + stock rows
 
 Each row is ``tools/analysis_tools/get_flops.py`` on one config (one image of the given size,
 the config's number of queries). GMACs are what the AdaMixer and LORS papers call "GFLOPs".
+``--mmdet``: the ``LORSSharing`` configs (Sparse R-CNN, Deformable DETR, DINO), each after the
+stock mmdet config it inherits; their decoder is ``roi_head`` (Sparse R-CNN) or the DETR
+``decoder`` (layers, shared / private), not counting the DETR ``bbox_head`` branches.
 """
 import argparse
 import glob
@@ -18,6 +22,20 @@ from analysis_utils import load_config  # noqa: E402
 from get_flops import analyze  # noqa: E402
 
 FAMILIES = ('adamixer', 'lors', 'adapters')
+MMDET_FAMILIES = ('sparse_rcnn', 'deformable_detr', 'dino')
+
+
+def mmdet_configs() -> list:
+    """Each LORSSharing COCO config after the stock mmdet config it inherits."""
+    import mmdet
+    stock_root = osp.join(osp.dirname(mmdet.__file__), '.mim', 'configs')
+    found = []
+    for family in MMDET_FAMILIES:
+        for path in sorted(glob.glob(osp.join(REPO_ROOT, 'configs', family, '*_coco.py'))):
+            with open(path) as f:
+                base = next(line.split("'")[1] for line in f if line.startswith('_base_'))
+            found += [osp.join(stock_root, base.replace('mmdet::', '', 1)), path]
+    return found
 
 
 def default_configs() -> list:
@@ -30,7 +48,8 @@ def default_configs() -> list:
 def row(path: str, shape) -> str:
     report = analyze(load_config(path), shape)
     params, macs = report['params'], report['macs']
-    name = osp.relpath(path, REPO_ROOT).replace('configs/', '', 1)
+    name = (osp.relpath(path, REPO_ROOT).replace('configs/', '', 1)
+            if path.startswith(REPO_ROOT) else 'mmdet::' + path.split('/configs/', 1)[1])
     return (f'| `{name}` | {report["num_queries"]} | {params["total"] / 1e6:.2f} | '
             f'{params["decoder"] / 1e6:.2f} ({params["decoder_shared"] / 1e6:.2f} / '
             f'{params["decoder_private"] / 1e6:.2f}) | {report["trainable_params"] / 1e6:.2f} | '
@@ -43,14 +62,16 @@ def main(argv=None) -> str:
     parser.add_argument('--shape', type=int, nargs=2, default=(800, 1333), help='H W')
     parser.add_argument('--configs', nargs='+', help='default: every configs/{%s}/*_coco.py'
                         % ','.join(FAMILIES))
+    parser.add_argument('--mmdet', action='store_true',
+                        help='the LORSSharing configs of mmdet families with their stock configs')
     parser.add_argument('--out', help='also write the table to this file')
     args = parser.parse_args(argv)
     lines = [
-        f'| config | queries | params M | decoder M (shared / private) | trainable M | '
-        f'backbone GMACs | decoder GMACs | total GMACs |',
+        '| config | queries | params M | decoder M (shared / private) | trainable M | '
+        'backbone GMACs | decoder GMACs | total GMACs |',
         '|---|---|---|---|---|---|---|---|',
     ]
-    for path in args.configs or default_configs():
+    for path in args.configs or (mmdet_configs() if args.mmdet else default_configs()):
         lines.append(row(path, tuple(args.shape)))
         print(lines[-1], flush=True)
     table = '\n'.join(lines)

@@ -16,3 +16,15 @@ def mmdet_default_scope():
     register_all_modules(init_default_scope=False)
     with DefaultScope.overwrite_default_scope('mmdet'):
         yield
+
+
+@pytest.fixture(autouse=True)
+def mmcv_attention_default_dropout():
+    """Undo what building a DETR config does to mmcv's MultiheadAttention: its deprecated
+    `dropout=` argument is written into the shared default `dropout_layer` dict, so later
+    default-built attentions (mmdet's DIIHead) would drop outputs in the next tests."""
+    yield
+    from mmcv.cnn.bricks.transformer import MultiheadAttention
+    for default in MultiheadAttention.__init__.__defaults__ or ():
+        if isinstance(default, dict) and default.get('type') == 'Dropout':
+            default['drop_prob'] = 0.0

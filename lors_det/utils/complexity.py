@@ -1,13 +1,18 @@
 """Parameter and FLOP counts of a detector, split into backbone / neck / query generator / decoder.
 
 Both functions work on mmdet two-stage-style detectors (``backbone``, optional ``neck``,
-``rpn_head``, ``roi_head``), i.e. AdaMixer with or without LORS.
+``rpn_head``, ``roi_head``: AdaMixer with or without LORS, Sparse R-CNN) and on DETR-style ones
+(``backbone``, ``neck``, ``encoder``, ``decoder``, ``bbox_head``: Deformable DETR, DINO), whose
+parts are backbone / neck / encoder / decoder (``decoder``) / head (``bbox_head``) / other (query
+embeddings, level embeddings, the two-stage proposal layers).
 
 Parameters (:func:`count_parameters`)
     Every tensor is counted once. The decoder is split by ownership: ``decoder_private`` are the
-    parameters registered under a stage (``roi_head.bbox_head[i]``), ``decoder_shared`` the
-    other decoder parameters, i.e. those of modules the decoder shares across its stages (LORS:
-    ``roi_head.shared_mixing``, which the stages reach through plain references).
+    parameters registered under a stage (``roi_head.bbox_head[i]``, ``decoder.layers[i]``),
+    ``decoder_shared`` the other decoder parameters, i.e. those of modules the decoder shares
+    across its stages (LORS: ``roi_head.shared_mixing``, ``roi_head.lors_shared_bbox_head``,
+    ``decoder.lors_shared_layers``, which the stages reach through plain references; a DETR
+    decoder's reference-point MLP and final norm).
 
 FLOPs (:func:`count_flops`)
     **FLOPs = 2 x MACs** (one multiply-add counts 2), the convention of
@@ -42,6 +47,23 @@ from torch.utils.flop_counter import FlopCounterMode
 
 PARTS = (('backbone', 'backbone'), ('neck', 'neck'), ('query_generator', 'rpn_head'),
          ('decoder', 'roi_head'))
+DETR_PARTS = (('backbone', 'backbone'), ('neck', 'neck'), ('encoder', 'encoder'),
+              ('decoder', 'decoder'), ('head', 'bbox_head'))
+
+
+def model_parts(model: nn.Module) -> tuple:
+    """``((key, attribute), ...)`` of the parts of ``model``: :data:`PARTS` for two-stage-style
+    detectors, :data:`DETR_PARTS` for DETR-style ones (which also get an ``other`` part)."""
+    return PARTS if hasattr(model, 'roi_head') else DETR_PARTS
+
+
+def decoder_stages(model: nn.Module):
+    """``(decoder attribute, its stack of stages)`` or ``(decoder attribute, None)``."""
+    if hasattr(model, 'roi_head'):
+        stages = getattr(model.roi_head, 'bbox_head', None)
+        return 'roi_head', stages if isinstance(stages, nn.ModuleList) else None
+    layers = getattr(getattr(model, 'decoder', None), 'layers', None)
+    return 'decoder', layers if isinstance(layers, nn.ModuleList) else None
 
 
 def _numel(params) -> int:
@@ -55,14 +77,16 @@ def count_parameters(model: nn.Module) -> Dict[str, int]:
     A part the model does not have counts 0. ``decoder_shared + decoder_private == decoder``.
     """
     counts = {}
-    for key, attr in PARTS:
+    parts = model_parts(model)
+    for key, attr in parts:
         part = getattr(model, attr, None)
         counts[key] = 0 if part is None else _numel(part.parameters())
     counts['total'] = _numel(model.parameters())
+    if parts is DETR_PARTS:
+        counts['other'] = counts['total'] - sum(counts[key] for key, _ in parts)
 
-    decoder = getattr(model, 'roi_head', None)
-    stages = getattr(decoder, 'bbox_head', None)
-    if decoder is None or not isinstance(stages, nn.ModuleList):
+    _, stages = decoder_stages(model)
+    if stages is None:
         counts['decoder_shared'], counts['decoder_private'] = 0, counts['decoder']
         return counts
     counts['decoder_private'] = _numel(p for stage in stages for p in stage.parameters())
@@ -192,6 +216,8 @@ def count_flops_detailed(model: nn.Module, batch_inputs: torch.Tensor,
     ``decoder_stages[i]`` the FLOPs of ``roi_head.bbox_head[i]`` (inclusive, along the call
     tree: a LORS stage includes its use of the shared weights).
     """
+    if model_parts(model) is DETR_PARTS:
+        return _count_detr_flops(model, batch_inputs, batch_data_samples)
     for attr in ('backbone', 'rpn_head', 'roi_head'):
         if getattr(model, attr, None) is None:
             raise TypeError(f'counting FLOPs by part needs a detector with backbone, rpn_head '
@@ -220,3 +246,48 @@ def count_flops_detailed(model: nn.Module, batch_inputs: torch.Tensor,
     num_stages = len(stages) if isinstance(stages, nn.ModuleList) else 0
     return dict(parts=parts, decoder_roles=decoder_flops_by_role(exclusive, parts['decoder']),
                 decoder_stages=[inclusive.get(f'bbox_head.{i}', 0) for i in range(num_stages)])
+
+
+# roles of a DETR decoder's FLOPs, by name segment (first match wins)
+DETR_DECODER_ROLES = (
+    ('self_attention', ('self_attn',)),
+    ('cross_attention', ('cross_attn',)),
+    ('ffn', ('ffn',)),
+)
+
+
+def _count_detr_flops(model: nn.Module, batch_inputs: torch.Tensor,
+                      batch_data_samples: list) -> Dict[str, dict]:
+    """:func:`count_flops_detailed` for DETR-style detectors: one ``predict`` pass with every
+    module's exclusive FLOPs summed into its part (a LORS layer's use of the shared weight is
+    its caller's part); what runs outside every module (box decoding, top-k) is ``other``."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            _prime_static_merges(model)
+            inclusive, exclusive, total, _ = count_module_flops(
+                model, model.predict, batch_inputs, batch_data_samples, rescale=False)
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+
+    def under(prefix):
+        return {n: f for n, f in exclusive.items() if n == prefix or n.startswith(prefix + '.')}
+
+    parts = {key: sum(under(attr).values()) for key, attr in DETR_PARTS}
+    parts['other'] = total - sum(parts.values())
+    parts['total'] = total
+    roles = {role: 0 for role, _ in DETR_DECODER_ROLES}
+    for name, flops in under('decoder').items():
+        segments = set(name.split('.'))
+        for role, markers in DETR_DECODER_ROLES:
+            if segments.intersection(markers):
+                roles[role] += flops
+                break
+    roles['other'] = parts['decoder'] - sum(roles.values())
+    _, stages = decoder_stages(model)
+    num_stages = len(stages) if stages is not None else 0
+    return dict(parts=parts, decoder_roles=roles,
+                decoder_stages=[inclusive.get(f'decoder.layers.{i}', 0)
+                                for i in range(num_stages)])

@@ -117,3 +117,16 @@ def test_neck_init_xavier_by_default_kaiming_without_init_cfg():
     w = neck.lateral_convs[0].conv.weight
     assert abs(w.std().item() / math.sqrt(2 / 256) - 1) < 0.03  # Kaiming normal, fan_out
     assert torch.equal(neck.lateral_convs[0].conv.bias, torch.zeros(256))
+
+
+def test_stage_attention_has_no_output_dropout_after_a_detr_was_built():
+    """mmcv 2.1's MultiheadAttention stores a deprecated `dropout=` argument in its shared
+    default `dropout_layer` dict; after mmdet's Deformable DETR (dropout=0.1) is built, every
+    attention built with the default would drop 10% of its output. The stage passes its own."""
+    from mmcv.cnn.bricks.transformer import MultiheadAttention
+    MultiheadAttention(16, 2, dropout=0.1, batch_first=True)  # what a DETR config does
+    poisoned = MultiheadAttention(16, 2, batch_first=True)
+    assert poisoned.dropout_layer.p == 0.1  # the mmcv behaviour this guards against
+    stage = _small_stage()
+    assert isinstance(stage.attention.dropout_layer, torch.nn.Dropout)
+    assert stage.attention.dropout_layer.p == 0.0

@@ -22,7 +22,10 @@ Printed: parameters of backbone / neck / query generator (``rpn_head``) / decode
 (``roi_head``, split into weights shared by several stages and private ones) / total; FLOPs and
 MACs of the same parts, and of the decoder by role (self-attention, sampling offsets, mixing
 parameter generator, the adaptive mixing products, mixing output projection, FFN, cls/reg
-heads) and by stage. ``--out-json`` writes the same numbers (exact integers).
+heads) and by stage. DETR-style detectors (Deformable DETR, DINO, with or without LORS):
+backbone / neck / encoder / decoder (``decoder``, shared / private) / head (``bbox_head``) /
+other, the decoder by self-attention / cross-attention / FFN / other and by layer.
+``--out-json`` writes the same numbers (exact integers).
 
 Weights do not change the counts; ``--checkpoint`` only checks that a checkpoint fits the config
 (loaded strictly). The backbone's pretrained weights are never downloaded.
@@ -42,11 +45,17 @@ from lors_det.utils.complexity import count_flops_detailed, count_parameters  # 
 PART_LABELS = (('backbone', 'backbone'), ('neck', 'neck'),
                ('query_generator', 'query generator (rpn_head)'),
                ('decoder', 'decoder (roi_head)'))
+DETR_PART_LABELS = (('backbone', 'backbone'), ('neck', 'neck'), ('encoder', 'encoder'),
+                    ('decoder', 'decoder'), ('head', 'head (bbox_head)'),
+                    ('other', 'other (queries, embeddings)'))
 ROLE_LABELS = (('attention', 'self-attention'), ('sampling_offsets', 'sampling offsets'),
                ('mixing_generator', 'mixing: parameter generator'),
                ('mixing_products', 'mixing: x M, S x (+ LORS residuals)'),
                ('mixing_out_proj', 'mixing: output projection'), ('ffn', 'FFN'),
                ('heads', 'cls / reg heads'), ('other', 'other'))
+DETR_ROLE_LABELS = (('self_attention', 'self-attention'),
+                    ('cross_attention', 'deformable cross-attention'), ('ffn', 'FFN'),
+                    ('other', 'other'))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -82,12 +91,13 @@ def analyze(cfg, shape, batch_size: int = 1, checkpoint=None) -> dict:
     flops = count_flops_detailed(model, data['inputs'], data['data_samples'])
     parts = flops['parts']
     rpn_head = getattr(model, 'rpn_head', None)
+    num_queries = getattr(rpn_head, 'num_query', getattr(rpn_head, 'num_proposals', None))
     return dict(
         config=cfg.filename,
         checkpoint=checkpoint,
         input_shape=[batch_size, 3, *shape],
         padded_shape=list(data['inputs'].shape[-2:]),
-        num_queries=getattr(rpn_head, 'num_query', None),
+        num_queries=num_queries if rpn_head is not None else getattr(model, 'num_queries', None),
         params=params,
         trainable_params=trainable_params,
         flops=parts,
@@ -119,11 +129,14 @@ def format_report(report: dict) -> str:
            f'input: {b} x 3 x {h} x {w} (padded to {ph} x {pw}), '
            f'{report["num_queries"]} queries', '']
 
-    rows = [[label, f'{params[key]:,}', f'{params[key] / 1e6:.2f}'] for key, label in PART_LABELS]
-    rows.insert(4, ['  shared by stages', f'{params["decoder_shared"]:,}',
-                    f'{params["decoder_shared"] / 1e6:.2f}'])
-    rows.insert(5, ['  private to a stage', f'{params["decoder_private"]:,}',
-                    f'{params["decoder_private"] / 1e6:.2f}'])
+    detr = 'encoder' in params
+    part_labels = DETR_PART_LABELS if detr else PART_LABELS
+    rows = [[label, f'{params[key]:,}', f'{params[key] / 1e6:.2f}'] for key, label in part_labels]
+    decoder_row = [key for key, _ in part_labels].index('decoder') + 1
+    rows.insert(decoder_row, ['  shared by stages', f'{params["decoder_shared"]:,}',
+                              f'{params["decoder_shared"] / 1e6:.2f}'])
+    rows.insert(decoder_row + 1, ['  private to a stage', f'{params["decoder_private"]:,}',
+                                  f'{params["decoder_private"] / 1e6:.2f}'])
     rows.append(['total', f'{params["total"]:,}', f'{params["total"] / 1e6:.2f}'])
     out += [_table(rows, ['parameters', 'count', 'M']), '']
 
@@ -131,11 +144,12 @@ def format_report(report: dict) -> str:
         share = 100.0 * value / flops['total'] if flops['total'] else 0.0
         return [label, f'{value / 1e9:.2f}', f'{value / 2e9:.2f}', f'{share:.1f}%']
 
-    rows = [flop_row(label, flops[key]) for key, label in PART_LABELS]
+    rows = [flop_row(label, flops[key]) for key, label in part_labels]
     rows.append(flop_row('total', flops['total']))
     out += [_table(rows, ['FLOPs (batch)', 'GFLOPs', 'GMACs', 'of total']), '']
 
-    rows = [flop_row(label, report['decoder_flops_by_role'][key]) for key, label in ROLE_LABELS]
+    rows = [flop_row(label, report['decoder_flops_by_role'][key])
+            for key, label in (DETR_ROLE_LABELS if detr else ROLE_LABELS)]
     rows += [flop_row(f'stage {i}', v) for i, v in enumerate(report['decoder_flops_by_stage'])]
     out += [_table(rows, ['decoder FLOPs', 'GFLOPs', 'GMACs', 'of total']), '']
     out.append('FLOPs = 2 x MACs; the AdaMixer / LORS papers\' "GFLOPs" are GMACs. Counted: '

@@ -24,6 +24,7 @@ generators and per-query residuals, at the price of storing six dense generators
 (decoder 135.5 M instead of 35.3 M parameters for R-50).
 """
 import argparse
+import copy
 import os
 import os.path as osp
 import sys
@@ -80,7 +81,7 @@ def plain_config(cfg: Config) -> Config:
 def fold_checkpoint(config: str, checkpoint: str, out: str, out_config: str = None) -> dict:
     cfg = Config.fromfile(config)
     init_default_scope(cfg.get('default_scope', 'mmdet'))
-    model = MODELS.build(cfg.model)  # no init_weights: nothing is downloaded
+    model = MODELS.build(copy.deepcopy(cfg.model))  # no init_weights: nothing is downloaded
     missing, unexpected = model.load_state_dict(_read_state_dict(checkpoint), strict=False)
     if missing or unexpected:
         raise KeyError(f'{checkpoint} does not fit {config}: missing {missing[:8]}, '
@@ -90,7 +91,7 @@ def fold_checkpoint(config: str, checkpoint: str, out: str, out_config: str = No
 
     plain = plain_config(cfg)
     # the folded weights must load into the plain model exactly (strict)
-    MODELS.build(plain.model).load_state_dict(state, strict=True)
+    MODELS.build(copy.deepcopy(plain.model)).load_state_dict(state, strict=True)
 
     out_ckpt = dict(
         meta=dict(source=osp.abspath(checkpoint), lors_config=osp.abspath(config),

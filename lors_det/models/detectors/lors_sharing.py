@@ -8,6 +8,8 @@ A config inherits the stock one (``_base_ = 'mmdet::sparse_rcnn/...'``) and only
 them. What is built is the stock detector itself (same class, same state-dict keys outside the
 shared stacks), see :func:`lors_det.models.lors.stack_sharing.apply_lors`.
 """
+import copy
+
 from mmdet.registry import MODELS
 
 from ..lors.stack_sharing import apply_lors
@@ -18,7 +20,9 @@ def LORSSharing(detector_type: str, stacks: list, **detector_cfg):  # noqa: N802
     """The detector ``dict(type=detector_type, **detector_cfg)`` with ``stacks`` shared."""
     if detector_type == 'LORSSharing':
         raise ValueError('model.detector_type: the detector to share, not LORSSharing')
-    model = MODELS.build(dict(type=detector_type, **detector_cfg))
+    # mmdet's detectors write train_cfg / test_cfg into the head configs they get: a copy keeps
+    # the caller's config as written (it is dumped, e.g. by the fold tool)
+    model = MODELS.build(copy.deepcopy(dict(type=detector_type, **detector_cfg)))
     try:
         return apply_lors(model, stacks)
     except ValueError as err:

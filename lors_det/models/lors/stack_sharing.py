@@ -150,6 +150,33 @@ def _check_same_shape(stack: nn.ModuleList, path: str, key: str) -> nn.Linear:
     return first
 
 
+def _checked_options(kind: str, cfg: dict, num_layers: int, key: str) -> dict:
+    """``cfg`` of one kind (``static`` / ``adaptive``) with per-layer ``rank`` / ``num_terms``."""
+    allowed = {'targets', 'rank', 'num_terms'} | (
+        {'zero_init'} if kind == 'static' else {'blocks'})
+    unknown = set(cfg) - allowed
+    if unknown:
+        raise ValueError(f'{key}: unknown keys {sorted(unknown)}; allowed {sorted(allowed)}')
+    if 'rank' not in cfg:
+        raise ValueError(f'{key}.rank: required')
+    if kind == 'adaptive' and 'blocks' not in cfg:
+        raise ValueError(f'{key}.blocks: required, the (rows, cols) of the generated matrices '
+                         'in output order')
+    return dict(cfg, rank=_per_layer(cfg['rank'], num_layers, f'{key}.rank'),
+                num_terms=_per_layer(cfg.get('num_terms', 1), num_layers, f'{key}.num_terms'))
+
+
+def _lors_module(kind: str, shared: nn.Linear, cfg: dict, index: int) -> nn.Module:
+    """Layer ``index``'s LORS module for ``shared``."""
+    if kind == 'static':
+        return LowRankResidualLinear(shared, rank=cfg['rank'][index],
+                                     num_terms=cfg['num_terms'][index],
+                                     bias=shared.bias is not None,
+                                     zero_init=cfg.get('zero_init', 'B'))
+    return AdaptiveLowRankGenerator(shared, cfg['blocks'], rank=cfg['rank'][index],
+                                    num_terms=cfg['num_terms'][index])
+
+
 def share_stack(model: nn.Module, container: str, static: Optional[dict] = None,
                 adaptive: Optional[dict] = None, key: str = 'stacks[0]') -> LORSSharedStack:
     """Apply LORS to the stack ``model.<container>``; returns its :class:`LORSSharedStack`.
@@ -170,49 +197,28 @@ def share_stack(model: nn.Module, container: str, static: Optional[dict] = None,
     owner_name = f'lors_shared_{attr}'
     if hasattr(parent, owner_name):
         raise ValueError(f'{key}: {container!r} is already shared ({owner_name} exists)')
-    owner = LORSSharedStack(stack, container)
-    num_layers = len(stack)
-    plans = []  # (path, kind key, factory(layer index, shared))
+
+    plans = {}  # target path -> (kind, checked options, kind key)
     for kind, cfg in (('static', static), ('adaptive', adaptive)):
         if not cfg:
             continue
-        cfg = dict(cfg)
         kind_key = f'{key}.{kind}'
-        allowed = {'targets', 'rank', 'num_terms'} | (
-            {'zero_init'} if kind == 'static' else {'blocks'})
-        unknown = set(cfg) - allowed
-        if unknown:
-            raise ValueError(f'{kind_key}: unknown keys {sorted(unknown)}; allowed '
-                             f'{sorted(allowed)}')
-        if 'rank' not in cfg:
-            raise ValueError(f'{kind_key}.rank: required')
-        if kind == 'adaptive' and 'blocks' not in cfg:
-            raise ValueError(f'{kind_key}.blocks: required, the (rows, cols) of the generated '
-                             'matrices in output order')
-        ranks = _per_layer(cfg['rank'], num_layers, f'{kind_key}.rank')
-        terms = _per_layer(cfg.get('num_terms', 1), num_layers, f'{kind_key}.num_terms')
-        for path in _matched_linears(stack[0], cfg.get('targets'), f'{kind_key}.targets'):
-            if any(path == planned for planned, _, _ in plans):
+        cfg = _checked_options(kind, dict(cfg), len(stack), kind_key)
+        for path in _matched_linears(stack[0], cfg['targets'], f'{kind_key}.targets'):
+            if path in plans:
                 raise ValueError(f'{key}: {path!r} is matched by both static and adaptive '
                                  'targets')
-            plans.append((path, kind_key, (kind, cfg, ranks, terms)))
+            plans[path] = (kind, cfg, kind_key)
 
-    for path, kind_key, (kind, cfg, ranks, terms) in plans:
+    owner = LORSSharedStack(stack, container)
+    for path, (kind, cfg, kind_key) in plans.items():
         shared = copy.deepcopy(_check_same_shape(stack, path, f'{kind_key}.targets'))
         owner.add(path, shared)
         for index, layer in enumerate(stack):
-            where = f'(layer {index}, {path})'
             try:
-                if kind == 'static':
-                    lors_module = LowRankResidualLinear(
-                        shared, rank=ranks[index], num_terms=terms[index],
-                        bias=shared.bias is not None,
-                        zero_init=cfg.get('zero_init', 'B'))
-                else:
-                    lors_module = AdaptiveLowRankGenerator(
-                        shared, cfg['blocks'], rank=ranks[index], num_terms=terms[index])
+                lors_module = _lors_module(kind, shared, cfg, index)
             except ValueError as err:
-                raise ValueError(f'{kind_key}.{err} {where}') from None
+                raise ValueError(f'{kind_key}.{err} (layer {index}, {path})') from None
             layer_parent, name = _parent_and_name(layer, path)
             setattr(layer_parent, name, lors_module)
     parent.add_module(owner_name, owner)

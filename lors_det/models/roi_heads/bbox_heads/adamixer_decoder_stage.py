@@ -114,7 +114,11 @@ class AdaMixerDecoderStage(DIIHead):
         self.out_points = out_points
         self.n_groups = n_groups
 
+        # dropout_layer given explicitly: mmcv 2.1's MultiheadAttention writes a deprecated
+        # `dropout` argument (mmdet's DETR configs pass one) into its *default* dropout_layer
+        # dict, which every later default-built attention in the process would then share
         self.attention = MultiheadAttention(content_dim, num_heads, attn_drop=dropout,
+                                            dropout_layer=dict(type='Dropout', drop_prob=0.),
                                             batch_first=True)
         self.attention_norm = build_norm_layer(dict(type='LN'), content_dim)[1]
         self.iof_tau = nn.Parameter(torch.ones(num_heads))
