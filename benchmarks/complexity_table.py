@@ -48,8 +48,10 @@ def default_configs() -> list:
 def row(path: str, shape) -> str:
     report = analyze(load_config(path), shape)
     params, macs = report['params'], report['macs']
-    name = (osp.relpath(path, REPO_ROOT).replace('configs/', '', 1)
-            if path.startswith(REPO_ROOT) else 'mmdet::' + path.split('/configs/', 1)[1])
+    if '/.mim/configs/' in path:  # a config shipped inside the mmdet package
+        name = 'mmdet::' + path.split('/.mim/configs/', 1)[1]
+    else:
+        name = osp.relpath(path, REPO_ROOT).replace('configs/', '', 1)
     return (f'| `{name}` | {report["num_queries"]} | {params["total"] / 1e6:.2f} | '
             f'{params["decoder"] / 1e6:.2f} ({params["decoder_shared"] / 1e6:.2f} / '
             f'{params["decoder_private"] / 1e6:.2f}) | {report["trainable_params"] / 1e6:.2f} | '

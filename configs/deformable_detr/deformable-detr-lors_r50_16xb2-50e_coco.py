@@ -6,17 +6,10 @@
 # stay per layer; the encoder is untouched (add a stack with container='encoder.layers' to
 # share it too). Stock init for the shared layers (zero sampling-offset weights with the
 # direction-grid bias), zero residual at init.
-_base_ = 'mmdet::deformable_detr/deformable-detr_r50_16xb2-50e_coco.py'
+_base_ = ['mmdet::deformable_detr/deformable-detr_r50_16xb2-50e_coco.py', '../_base_/lors/detr-decoder-lors.py']
 
-lors_stacks = [
-    dict(
-        container='decoder.layers',
-        static=dict(
-            targets=[r'cross_attn\.(sampling_offsets|attention_weights|value_proj|output_proj)',
-                     r'ffn\.layers\.(0\.0|1)'],
-            rank=8))
-]
-model = dict(type='LORSSharing', detector_type='DeformableDETR', stacks=lors_stacks)
+model = dict(type='LORSSharing', detector_type='DeformableDETR',
+             stacks={{_base_.detr_decoder_lors_stacks}})
 
 # lors_det runtime: the plugin, crash-safe checkpoints, mid-epoch resume, checked COCO metric
 custom_imports = dict(imports=['lors_det'], allow_failed_imports=False)

@@ -1,13 +1,6 @@
 # LORS on the Deformable DETR demo (deformable-detr_tiny_1xb8-demo_digits.py, same data and
 # schedule): the COCO config's sharing (deformable_detr/deformable-detr-lors_r50_16xb2-50e_coco.py)
 # at the demo's width: decoder cross-attention and FFN Linears shared, rank-8 residuals.
-_base_ = './deformable-detr_tiny_1xb8-demo_digits.py'
-lors_stacks = [
-    dict(
-        container='decoder.layers',
-        static=dict(
-            targets=[r'cross_attn\.(sampling_offsets|attention_weights|value_proj|output_proj)',
-                     r'ffn\.layers\.(0\.0|1)'],
-            rank=8))
-]
-model = dict(type='LORSSharing', detector_type='DeformableDETR', stacks=lors_stacks)
+_base_ = ['./deformable-detr_tiny_1xb8-demo_digits.py', '../_base_/lors/detr-decoder-lors.py']
+model = dict(type='LORSSharing', detector_type='DeformableDETR',
+             stacks={{_base_.detr_decoder_lors_stacks}})

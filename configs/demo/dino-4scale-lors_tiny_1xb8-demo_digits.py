@@ -1,13 +1,6 @@
 # LORS on the DINO demo (dino-4scale_tiny_1xb8-demo_digits.py, same data and
 # schedule): the COCO config's sharing (dino/dino-4scale-lors_r50_8xb2-12e_coco.py)
 # at the demo's width: decoder cross-attention and FFN Linears shared, rank-8 residuals.
-_base_ = './dino-4scale_tiny_1xb8-demo_digits.py'
-lors_stacks = [
-    dict(
-        container='decoder.layers',
-        static=dict(
-            targets=[r'cross_attn\.(sampling_offsets|attention_weights|value_proj|output_proj)',
-                     r'ffn\.layers\.(0\.0|1)'],
-            rank=8))
-]
-model = dict(type='LORSSharing', detector_type='DINO', stacks=lors_stacks)
+_base_ = ['./dino-4scale_tiny_1xb8-demo_digits.py', '../_base_/lors/detr-decoder-lors.py']
+model = dict(type='LORSSharing', detector_type='DINO',
+             stacks={{_base_.detr_decoder_lors_stacks}})

@@ -6,17 +6,10 @@
 # DINO's per-layer box / class branches stay per layer; the encoder is untouched (add a stack
 # with container='encoder.layers' to share it too). Stock init for the shared layers, zero
 # residual at init.
-_base_ = 'mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py'
+_base_ = ['mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py', '../_base_/lors/detr-decoder-lors.py']
 
-lors_stacks = [
-    dict(
-        container='decoder.layers',
-        static=dict(
-            targets=[r'cross_attn\.(sampling_offsets|attention_weights|value_proj|output_proj)',
-                     r'ffn\.layers\.(0\.0|1)'],
-            rank=8))
-]
-model = dict(type='LORSSharing', detector_type='DINO', stacks=lors_stacks)
+model = dict(type='LORSSharing', detector_type='DINO',
+             stacks={{_base_.detr_decoder_lors_stacks}})
 
 # lors_det runtime: the plugin, crash-safe checkpoints, mid-epoch resume, checked COCO metric
 custom_imports = dict(imports=['lors_det'], allow_failed_imports=False)

@@ -262,8 +262,14 @@ def _count_detr_flops(model: nn.Module, batch_inputs: torch.Tensor,
     module's exclusive FLOPs summed into its part (a LORS layer's use of the shared weight is
     its caller's part); what runs outside every module (box decoding, top-k) is ``other``."""
     modes = {module: module.training for module in model.modules()}
+    # no parameter requires grad while counting: the FLOP counter's module tracker hooks every
+    # module input that does, and DINO feeds parameters to modules directly (under no_grad
+    # such a hook has no autograd node to attach to)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     model.eval()
     try:
+        for p in trainable:
+            p.requires_grad_(False)
         with torch.no_grad():
             _prime_static_merges(model)
             inclusive, exclusive, total, _ = count_module_flops(
@@ -271,6 +277,8 @@ def _count_detr_flops(model: nn.Module, batch_inputs: torch.Tensor,
     finally:
         for module, mode in modes.items():
             module.training = mode
+        for p in trainable:
+            p.requires_grad_(True)
 
     def under(prefix):
         return {n: f for n, f in exclusive.items() if n == prefix or n.startswith(prefix + '.')}

@@ -432,3 +432,34 @@ def test_fold_tool_writes_the_stock_config_and_a_strict_checkpoint(tmp_path):
                                    atol=3e-2, rtol=0)
         torch.testing.assert_close(g.pred_instances.scores, w.pred_instances.scores,
                                    atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize('family', ['deformable-detr', 'dino'])
+def test_detr_parameter_and_flop_split(family):
+    """get_flops' split for DETR-style models: the parts add up, the decoder's shared part is
+    the LORS owner plus the modules the decoder already shares (reference-point MLP, norm), and
+    at inference a LORS^T layer costs what the stock layer costs (W + B A is merged once)."""
+    from lors_det.utils import count_parameters
+    from lors_det.utils.complexity import count_flops_detailed
+    stock = build(load(FAMILIES[family][0]))
+    lors = build(load(FAMILIES[family][1]))
+    for model in (stock, lors):
+        counts = count_parameters(model)
+        assert sum(counts[k] for k in ('backbone', 'neck', 'encoder', 'decoder', 'head',
+                                       'other')) == counts['total']
+        assert counts['decoder_shared'] + counts['decoder_private'] == counts['decoder']
+    stack = count_stack_parameters(lors)['decoder.layers']
+    already_shared = numel(stock.decoder) - numel(stock.decoder.layers)
+    assert count_parameters(lors)['decoder_shared'] == stack['shared'] + already_shared
+    assert count_parameters(lors)['decoder_private'] == stack['private'] + stack['other']
+
+    inputs, samples = _batch()
+    for sample in samples:
+        del sample.gt_instances
+    flops = [count_flops_detailed(m, inputs, samples) for m in (stock, lors)]
+    for f in flops:
+        assert sum(v for k, v in f['parts'].items() if k != 'total') == f['parts']['total']
+        assert sum(f['decoder_roles'].values()) == f['parts']['decoder']
+        assert f['decoder_roles']['cross_attention'] > 0 and f['decoder_roles']['ffn'] > 0
+    assert flops[0]['parts'] == flops[1]['parts']
+    assert flops[0]['decoder_stages'] == flops[1]['decoder_stages']

@@ -3,11 +3,12 @@
 
 * :func:`load_config` / :func:`build_detector`: a config with ``--cfg-options`` applied and its
   model, built in the config's default scope (``custom_imports`` in the config registers the
-  lors_det modules), optionally loaded from a checkpoint. No ``init_weights()``: nothing is
-  downloaded (the counts and timings do not depend on the weights).
+  lors_det modules), optionally initialised (``init=True``: the model's own init without
+  pretrained weights) or loaded from a checkpoint. Nothing is downloaded.
 * :func:`dummy_batch`: a preprocessed batch of synthetic images of a given size, i.e. what
   the test dataloader + the model's ``data_preprocessor`` give for images of that size.
 """
+import copy
 import json
 import os
 import os.path as osp
@@ -50,17 +51,43 @@ def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
     return cfg
 
 
+def _drop_pretrained(cfg) -> None:
+    """Remove every ``init_cfg=dict(type='Pretrained', ...)`` (nothing is downloaded)."""
+    if isinstance(cfg, dict):
+        init_cfg = cfg.get('init_cfg')
+        if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
+            cfg['init_cfg'] = None
+        for value in cfg.values():
+            _drop_pretrained(value)
+    elif isinstance(cfg, (list, tuple)):
+        for value in cfg:
+            _drop_pretrained(value)
+
+
 def build_detector(cfg: Config, checkpoint: Optional[str] = None,
-                   device: str = 'cpu') -> torch.nn.Module:
+                   device: str = 'cpu', init: bool = False) -> torch.nn.Module:
     """``cfg.model`` built in ``cfg.default_scope`` (default mmdet), on ``device``, in eval
-    mode; loaded from ``checkpoint`` (strict) when given."""
+    mode; with ``init``, initialised by its own ``init_weights`` (pretrained weights left out);
+    loaded from ``checkpoint`` (strict) when given."""
     from mmdet.registry import MODELS
     from mmengine.runner import load_checkpoint
 
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     if 'model' not in cfg:
         raise KeyError(f'{cfg.filename}: the config has no `model`')
-    model = MODELS.build(cfg.model)
+    model_cfg = copy.deepcopy(cfg.model)
+    if init:  # the model's own init, without pretrained weights
+        _drop_pretrained(model_cfg)
+    model = MODELS.build(model_cfg)
+    if init:
+        from mmengine.logging import MMLogger
+        logger = MMLogger.get_current_instance()
+        level = logger.level
+        logger.setLevel('WARNING')  # mmengine logs every parameter's init at INFO
+        try:
+            model.init_weights()
+        finally:
+            logger.setLevel(level)
     if checkpoint is not None:  # read safely; a missing file is named by lors_det.checkpoint
         load_checkpoint(model, checkpoint, map_location='cpu', strict=True,
                         logger='current')

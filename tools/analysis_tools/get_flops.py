@@ -82,7 +82,9 @@ def analyze(cfg, shape, batch_size: int = 1, checkpoint=None) -> dict:
     """The report of :func:`main` as a dict (what ``--out-json`` writes)."""
     import torch
 
-    model = build_detector(cfg, checkpoint)
+    # the stock init (without pretrained weights) unless a checkpoint is given: with random
+    # weights Sparse R-CNN's refined boxes can get a negative size, which RoIAlign refuses
+    model = build_detector(cfg, checkpoint, init=checkpoint is None)
     params = count_parameters(model)
     # gradients flow to these: frozen backbone stages and adapters' frozen bases left out
     trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -71,7 +71,8 @@ def plain_config(cfg: Config) -> Config:
         model['type'] = model.pop('detector_type')
         model.pop('stacks')
         cfg_dict['model'] = model
-        cfg_dict.pop('lors_stacks', None)  # the configs' LORS delta variable
+        for key in [k for k in cfg_dict if k.endswith('lors_stacks')]:
+            cfg_dict.pop(key)  # the configs' LORS delta variables
     else:
         cfg_dict['model'] = plain_adamixer_model_cfg(cfg_dict['model'])
         cfg_dict.pop('lors_roi_head', None)  # the LORS delta variable of configs/_base_
