@@ -2,7 +2,7 @@
 # CPU in minutes: the README's main job (`bash tools/demo.sh`).
 # Same detector as the COCO configs (6 stages, ACM/ASM, Hungarian matching, focal/L1/GIoU),
 # scaled down: ResNet-18 with 16 base channels (C2..C5 = 16/32/64/128 channels), 128-d
-# queries, 24 queries per image (at most 6 digits), 16 sampling points in 4 groups.
+# queries, 16 queries per image (at most 6 digits), 16 sampling points in 4 groups.
 _base_ = [
     '../_base_/models/adamixer_r50.py',
     '../_base_/datasets/digits_detection.py',
@@ -10,7 +10,7 @@ _base_ = [
     '../_base_/schedules/demo_digits_parts.py',
 ]
 num_stages = 6
-num_query = 24
+num_query = 16
 num_classes = 10
 content_dim = 128
 feat_levels = [16, 32, 64, 128]
