@@ -37,10 +37,8 @@ import argparse
 import copy
 import multiprocessing as mp
 import os
-import statistics
-import time
 
-from _peak_memory import PeakMemory
+from _measure import PeakMemory, median_ms
 
 VARIANTS = ('adamixer', 'adamixer-g2p64', 'lors', 'lors-folded')
 PLAIN_CFG = 'configs/adamixer/adamixer_r50_8xb2-1x_coco.py'
@@ -225,27 +223,14 @@ def measure(variant: str, args: dict) -> dict:
         first_loss = runner.train_step()
         for _ in range(args['warmup'] - 1):
             runner.train_step()
-        step_times = []
-        for _ in range(args['steps']):
-            runner.sync()
-            start = time.perf_counter()
-            runner.train_step()
-            runner.sync()
-            step_times.append(time.perf_counter() - start)
+        step_ms = median_ms(runner.train_step, args['steps'], runner.sync)
     peak = peak_memory.bytes
 
     runner.infer()  # warm-up (also the one-off LORS^T merge)
-    infer_times = []
-    for _ in range(args['infer_steps']):
-        runner.sync()
-        start = time.perf_counter()
-        runner.infer()
-        runner.sync()
-        infer_times.append(time.perf_counter() - start)
+    infer_ms = median_ms(runner.infer, args['infer_steps'], runner.sync)
     flops = runner.flops()
     return dict(variant=variant, params=params, flops=flops, first_loss=first_loss,
-                step_ms=1e3 * statistics.median(step_times), peak_mib=peak / 2**20,
-                infer_ms=1e3 * statistics.median(infer_times), dets=dets,
+                step_ms=step_ms, peak_mib=peak / 2**20, infer_ms=infer_ms, dets=dets,
                 threads=torch.get_num_threads())
 
 

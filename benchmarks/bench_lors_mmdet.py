@@ -18,11 +18,9 @@ import argparse
 import copy
 import multiprocessing as mp
 import os
-import statistics
 import sys
-import time
 
-from _peak_memory import PeakMemory
+from _measure import PeakMemory, median_ms
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # family: (stock config, LORS config) per scale; 'mmdet::' = mmdet's own config
@@ -108,27 +106,15 @@ def measure(config: str, args: dict) -> dict:
     with PeakMemory(device) as peak:
         for _ in range(args['warmup']):
             train_step()
-        step_times = []
-        for _ in range(args['steps']):
-            sync()
-            start = time.perf_counter()
-            train_step()
-            sync()
-            step_times.append(time.perf_counter() - start)
+        step_ms = median_ms(train_step, args['steps'], sync)
     model.eval()
-    infer_times = []
     with torch.no_grad():
         model.predict(inputs, copy.deepcopy(samples))  # warm-up, LORS^T merge
-        for _ in range(args['infer_steps']):
-            sync()
-            start = time.perf_counter()
-            model.predict(inputs, copy.deepcopy(samples))
-            sync()
-            infer_times.append(time.perf_counter() - start)
+        infer_ms = median_ms(lambda: model.predict(inputs, copy.deepcopy(samples)),
+                             args['infer_steps'], sync)
     stacks = count_stack_parameters(model)
     return dict(config=config, params=sum(p.numel() for p in model.parameters()),
-                stacks=stacks, step_ms=1e3 * statistics.median(step_times),
-                peak_mib=peak.bytes / 2**20, infer_ms=1e3 * statistics.median(infer_times))
+                stacks=stacks, step_ms=step_ms, peak_mib=peak.bytes / 2**20, infer_ms=infer_ms)
 
 
 def main(argv=None) -> list:

@@ -61,23 +61,19 @@ def label_parts(model) -> list:
     _label_module(model.backbone, 'backbone')
     _label_module(model.neck, 'neck')
     _label_module(model.rpn_head, 'query generator')
-    roi_head = model.roi_head
-    for i, stage in enumerate(roi_head.bbox_head):
+    for i, stage in enumerate(model.roi_head.bbox_head):
         _label_module(stage, f'stage {i}')
         names.append(f'stage {i}')
         _label_module(stage.attention, 'attention')
+        _label_method(stage, 'attention_bias', 'attention')
+        # 3D sampling = the whole sampling module minus its mixer (subtracted in main)
+        _label_module(stage.sampling_n_mixing, 'sampling + mixing')
         _label_module(stage.sampling_n_mixing.adaptive_mixing, 'mixing')
         _label_module(stage.ffn, 'ffn')
-        _label_method(stage, 'attention_bias', 'attention')
-    for stage in roi_head.bbox_head:
-        sampling = stage.sampling_n_mixing
-        # 3D sampling = the whole sampling module minus its mixer
-        _label_module(sampling, 'sampling + mixing')
+        _label_method(stage, 'loss_and_target', 'losses + targets')
     names += ['attention', 'sampling + mixing', 'mixing', 'ffn']
     from lors_det.models.roi_heads import adamixer_decoder
     _label_method(adamixer_decoder, 'hungarian_assign_batch', 'matching')
-    for stage in roi_head.bbox_head:
-        _label_method(stage, 'loss_and_target', 'losses + targets')
     names += ['matching', 'losses + targets', 'forward (all)', 'backward', 'optimizer step']
     return names
 

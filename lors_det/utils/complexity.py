@@ -38,6 +38,7 @@ Per module and per role (:func:`count_module_flops`, :func:`count_flops_detailed
     :func:`decoder_flops_by_role` groups the decoder's FLOPs into attention, sampling offsets,
     mixing generator, mixing products, mixing output projection, FFN and heads.
 """
+import contextlib
 from collections import defaultdict
 from typing import Callable, Dict, List, Tuple
 
@@ -186,19 +187,49 @@ DECODER_ROLES = (
     ('ffn', ('ffn',)),
     ('heads', ('cls_fcs', 'reg_fcs', 'fc_cls', 'fc_reg')),
 )
+# the same for a DETR decoder (DeformableDetrTransformerDecoderLayer)
+DETR_DECODER_ROLES = (
+    ('self_attention', ('self_attn',)),
+    ('cross_attention', ('cross_attn',)),
+    ('ffn', ('ffn',)),
+)
 
 
-def decoder_flops_by_role(exclusive: Dict[str, int], total: int) -> Dict[str, int]:
-    """Group a decoder's exclusive FLOPs (:func:`count_module_flops` on ``roi_head``) by role.
+@contextlib.contextmanager
+def _inference_counting(model: nn.Module):
+    """The state every count runs in: eval mode, no autograd, the LORS^T merges cached (not
+    counted per image), and no parameter requiring grad (the FLOP counter's module tracker
+    hooks every module input that does, and DINO feeds parameters to modules directly: under
+    no_grad such a hook has no autograd node). Modes and flags are restored afterwards."""
+    modes = {module: module.training for module in model.modules()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    model.eval()
+    try:
+        for p in trainable:
+            p.requires_grad_(False)
+        with torch.no_grad():
+            _prime_static_merges(model)
+            yield
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+        for p in trainable:
+            p.requires_grad_(True)
 
-    Keys: the roles of :data:`DECODER_ROLES` and ``other`` (``total`` minus the rest: FLOPs of
-    modules with no role and outside any module; 0 for AdaMixer / LORS decoders, whose
-    box decoding and sampling have no matrix products). Their sum is ``total``.
+
+def decoder_flops_by_role(exclusive: Dict[str, int], total: int,
+                          role_markers: tuple = DECODER_ROLES) -> Dict[str, int]:
+    """Group a decoder's exclusive FLOPs (:func:`count_module_flops`) by role.
+
+    Keys: the roles of ``role_markers`` (:data:`DECODER_ROLES` for AdaMixer / Sparse R-CNN,
+    :data:`DETR_DECODER_ROLES`) and ``other`` (``total`` minus the rest: FLOPs of modules with
+    no role and outside any module; 0 for AdaMixer / LORS decoders, whose box decoding and
+    sampling have no matrix products). Their sum is ``total``.
     """
-    roles = {role: 0 for role, _ in DECODER_ROLES}
+    roles = {role: 0 for role, _ in role_markers}
     for name, flops in exclusive.items():
         segments = set(name.split('.'))
-        for role, markers in DECODER_ROLES:
+        for role, markers in role_markers:
             if segments.intersection(markers):
                 roles[role] += flops
                 break
@@ -222,38 +253,24 @@ def count_flops_detailed(model: nn.Module, batch_inputs: torch.Tensor,
         if getattr(model, attr, None) is None:
             raise TypeError(f'counting FLOPs by part needs a detector with backbone, rpn_head '
                             f'and roi_head; {type(model).__name__} has no {attr}')
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            _prime_static_merges(model)
-            parts = {}
-            parts['backbone'], x = count_fn_flops(model.backbone, batch_inputs)
-            if getattr(model, 'neck', None) is not None:
-                parts['neck'], x = count_fn_flops(model.neck, x)
-            else:
-                parts['neck'] = 0
-            parts['query_generator'], rpn_results = count_fn_flops(
-                model.rpn_head.predict, x, batch_data_samples, rescale=False)
-            inclusive, exclusive, parts['decoder'], _ = count_module_flops(
-                model.roi_head, model.roi_head.predict, x, rpn_results, batch_data_samples,
-                rescale=False)
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
+    with _inference_counting(model):
+        parts = {}
+        parts['backbone'], x = count_fn_flops(model.backbone, batch_inputs)
+        if getattr(model, 'neck', None) is not None:
+            parts['neck'], x = count_fn_flops(model.neck, x)
+        else:
+            parts['neck'] = 0
+        parts['query_generator'], rpn_results = count_fn_flops(
+            model.rpn_head.predict, x, batch_data_samples, rescale=False)
+        inclusive, exclusive, parts['decoder'], _ = count_module_flops(
+            model.roi_head, model.roi_head.predict, x, rpn_results, batch_data_samples,
+            rescale=False)
     parts['total'] = sum(parts[key] for key, _ in PARTS)
-    stages = getattr(model.roi_head, 'bbox_head', None)
-    num_stages = len(stages) if isinstance(stages, nn.ModuleList) else 0
+    _, stages = decoder_stages(model)
+    num_stages = len(stages) if stages is not None else 0
     return dict(parts=parts, decoder_roles=decoder_flops_by_role(exclusive, parts['decoder']),
                 decoder_stages=[inclusive.get(f'bbox_head.{i}', 0) for i in range(num_stages)])
 
-
-# roles of a DETR decoder's FLOPs, by name segment (first match wins)
-DETR_DECODER_ROLES = (
-    ('self_attention', ('self_attn',)),
-    ('cross_attention', ('cross_attn',)),
-    ('ffn', ('ffn',)),
-)
 
 
 def _count_detr_flops(model: nn.Module, batch_inputs: torch.Tensor,
@@ -261,24 +278,9 @@ def _count_detr_flops(model: nn.Module, batch_inputs: torch.Tensor,
     """:func:`count_flops_detailed` for DETR-style detectors: one ``predict`` pass with every
     module's exclusive FLOPs summed into its part (a LORS layer's use of the shared weight is
     its caller's part); what runs outside every module (box decoding, top-k) is ``other``."""
-    modes = {module: module.training for module in model.modules()}
-    # no parameter requires grad while counting: the FLOP counter's module tracker hooks every
-    # module input that does, and DINO feeds parameters to modules directly (under no_grad
-    # such a hook has no autograd node to attach to)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    model.eval()
-    try:
-        for p in trainable:
-            p.requires_grad_(False)
-        with torch.no_grad():
-            _prime_static_merges(model)
-            inclusive, exclusive, total, _ = count_module_flops(
-                model, model.predict, batch_inputs, batch_data_samples, rescale=False)
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
-        for p in trainable:
-            p.requires_grad_(True)
+    with _inference_counting(model):
+        inclusive, exclusive, total, _ = count_module_flops(
+            model, model.predict, batch_inputs, batch_data_samples, rescale=False)
 
     def under(prefix):
         return {n: f for n, f in exclusive.items() if n == prefix or n.startswith(prefix + '.')}
@@ -286,14 +288,7 @@ def _count_detr_flops(model: nn.Module, batch_inputs: torch.Tensor,
     parts = {key: sum(under(attr).values()) for key, attr in DETR_PARTS}
     parts['other'] = total - sum(parts.values())
     parts['total'] = total
-    roles = {role: 0 for role, _ in DETR_DECODER_ROLES}
-    for name, flops in under('decoder').items():
-        segments = set(name.split('.'))
-        for role, markers in DETR_DECODER_ROLES:
-            if segments.intersection(markers):
-                roles[role] += flops
-                break
-    roles['other'] = parts['decoder'] - sum(roles.values())
+    roles = decoder_flops_by_role(under('decoder'), parts['decoder'], DETR_DECODER_ROLES)
     _, stages = decoder_stages(model)
     num_stages = len(stages) if stages is not None else 0
     return dict(parts=parts, decoder_roles=roles,

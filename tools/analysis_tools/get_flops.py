@@ -93,13 +93,16 @@ def analyze(cfg, shape, batch_size: int = 1, checkpoint=None) -> dict:
     flops = count_flops_detailed(model, data['inputs'], data['data_samples'])
     parts = flops['parts']
     rpn_head = getattr(model, 'rpn_head', None)
-    num_queries = getattr(rpn_head, 'num_query', getattr(rpn_head, 'num_proposals', None))
+    if rpn_head is None:  # DETR-style
+        num_queries = getattr(model, 'num_queries', None)
+    else:  # AdaMixer's query generator, Sparse R-CNN's EmbeddingRPNHead
+        num_queries = getattr(rpn_head, 'num_query', getattr(rpn_head, 'num_proposals', None))
     return dict(
         config=cfg.filename,
         checkpoint=checkpoint,
         input_shape=[batch_size, 3, *shape],
         padded_shape=list(data['inputs'].shape[-2:]),
-        num_queries=num_queries if rpn_head is not None else getattr(model, 'num_queries', None),
+        num_queries=num_queries,
         params=params,
         trainable_params=trainable_params,
         flops=parts,

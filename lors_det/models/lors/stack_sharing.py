@@ -104,8 +104,9 @@ def _stack_of(model: nn.Module, container: str, key: str) -> nn.ModuleList:
     except AttributeError:
         raise ValueError(f'{key}: {container!r} is not a module of {type(model).__name__}')
     if not isinstance(stack, (nn.ModuleList, nn.Sequential)) or len(stack) < 2:
+        size = len(stack) if hasattr(stack, '__len__') else 0
         raise ValueError(f'{key}: {container!r} must be a ModuleList of at least 2 layers, got '
-                         f'{type(stack).__name__} of {len(stack) if hasattr(stack, "__len__") else 0}')
+                         f'{type(stack).__name__} of {size}')
     return stack
 
 
@@ -278,11 +279,10 @@ def count_stack_parameters(model: nn.Module) -> Dict[str, Dict[str, int]]:
     """Per shared stack: ``shared`` (its owner), ``private`` (the LORS modules' own terms) and
     ``other`` (the layers' parameters that are not shared: norms, attention, ...)."""
     counts = {}
-    for _, owner in ((n, m) for n, m in model.named_modules() if isinstance(m, LORSSharedStack)):
+    for owner in (m for m in model.modules() if isinstance(m, LORSSharedStack)):
         shared = sum(p.numel() for p in owner.parameters())
         private = sum(p.numel() for m in owner.stack.modules() if isinstance(m, LORS_LAYERS)
                       for p in m.parameters())
         layers = sum(p.numel() for p in owner.stack.parameters())
         counts[owner.container] = dict(shared=shared, private=private, other=layers - private)
     return counts
-

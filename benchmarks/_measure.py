@@ -1,11 +1,29 @@
-"""Peak memory of a block of work in this process (helper of the benchmark scripts).
+"""Time and peak memory of work in this process (helpers of the benchmark scripts).
 
-CPU: peak resident set size (``VmHWM``, reset just before the block through
+:func:`median_ms`: median wall time of repeated calls, synchronised around each call.
+:class:`PeakMemory`, CPU: peak resident set size (``VmHWM``, reset just before the block through
 ``/proc/self/clear_refs``) minus the resident size at that point; CUDA:
 ``max_memory_allocated`` above the allocation before the block.
 """
 import os
 import resource
+import statistics
+import time
+from typing import Callable
+
+
+def median_ms(fn: Callable[[], object], repeats: int,
+              sync: Callable[[], None] = lambda: None) -> float:
+    """Median milliseconds of ``repeats`` calls of ``fn``, with ``sync()`` (e.g. CUDA
+    synchronisation) before and after each."""
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
 
 
 def rss_bytes() -> int:
