@@ -14,14 +14,21 @@ init and the P_in=32 variants the uniform one):
 For every variant and seed it runs ``tools/train.py`` and records the decoder parameters
 (shared / private), the final mAP / mAP50 / mAP75, the AP curve and s/iteration into
 ``--out`` (JSON), written after every run; runs already in the JSON are skipped, so the study
-resumes where it stopped and may span sessions. ``--table`` writes the Markdown table (mean +-
-std over seeds).
+resumes where it stopped and may span sessions. Two processes may share one JSON (e.g. one
+thread each on a 2-core machine, on different variants or seeds): each run is merged into the
+file under a lock, and a run another process finished meanwhile is skipped. ``--table`` writes
+the Markdown table (mean +- std over seeds; s/iteration per thread count, since a run's speed
+depends on it).
 
     python benchmarks/lors_miniature.py --seeds 0 1 2          # the study (about 10 min a run)
     python benchmarks/lors_miniature.py --smoke --out /tmp/s.json   # 2 iterations a run
+    OMP_NUM_THREADS=1 python benchmarks/lors_miniature.py --seeds 1 &  # two at once,
+    OMP_NUM_THREADS=1 python benchmarks/lors_miniature.py --seeds 2 &  # one thread each
 """
 import argparse
+import contextlib
 import copy
+import fcntl
 import json
 import os
 import os.path as osp
@@ -87,9 +94,41 @@ def run_one(name: str, seed: int, args) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f'{name} seed {seed} failed:\n{proc.stderr[-3000:]}')
     summary = summarize(read_scalars(work_dir))
+    import torch  # the thread count tools/train.py got: same environment, same default
     return dict(variant=name, seed=seed, config=config, options=options,
                 wall_seconds=round(time.time() - start, 1), load_average=os.getloadavg(),
-                **decoder_params(config, options), **summary)
+                threads=torch.get_num_threads(), **decoder_params(config, options), **summary)
+
+
+@contextlib.contextmanager
+def locked(path: str):
+    """Exclusive lock beside ``path``: concurrent studies merge into one JSON, losing no run."""
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    with open(path + '.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def read_runs(path: str) -> dict:
+    if not osp.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)['runs']
+
+
+def record_run(path: str, key: str, result: dict, offset_init: str) -> dict:
+    """Merge one run into the JSON (re-read under the lock) and return all runs."""
+    with locked(path):
+        runs = read_runs(path)
+        runs[key] = result
+        tmp = f'{path}.tmp{os.getpid()}'
+        with open(tmp, 'w') as f:
+            json.dump(dict(offset_init=offset_init, runs=runs), f, indent=2)
+        os.replace(tmp, path)  # a reader never sees a half-written file
+    return runs
 
 
 def table(results: dict) -> str:
@@ -112,8 +151,17 @@ def table(results: dict) -> str:
             f'{mean_std([r["bbox_mAP"] for r in runs])} | '
             f'{mean_std([r["bbox_mAP_50"] for r in runs])} | '
             f'{mean_std([r["bbox_mAP_75"] for r in runs])} | '
-            f'{statistics.mean(r["sec_per_iter_mean"] for r in runs):.3f} |')
+            f'{seconds_per_iteration(runs)} |')
     return '\n'.join(rows)
+
+
+def seconds_per_iteration(runs: list) -> str:
+    """Mean s/iteration for each thread count the runs used (older runs: 2 threads)."""
+    by_threads = {}
+    for run in runs:
+        by_threads.setdefault(run.get('threads', 2), []).append(run['sec_per_iter_mean'])
+    return ', '.join(f'{statistics.mean(times):.3f} ({threads} thr)'
+                     for threads, times in sorted(by_threads.items(), reverse=True))
 
 
 def main(argv=None) -> None:
@@ -128,21 +176,16 @@ def main(argv=None) -> None:
     parser.add_argument('--smoke', action='store_true', help='2 iterations a run (a test)')
     args = parser.parse_args(argv)
 
-    results = {}
-    if osp.isfile(args.out):
-        with open(args.out) as f:
-            results = json.load(f)['runs']
     for name in args.variants:
         for seed in args.seeds:
             key = f'{name}/seed{seed}'
-            if key in results:
+            if key in read_runs(args.out):  # also runs another process finished meanwhile
                 print(f'{key}: in {args.out}, skipped')
                 continue
-            results[key] = run_one(name, seed, args)
-            print(f'{key}: mAP {results[key]["bbox_mAP"]}')
-            os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-            with open(args.out, 'w') as f:
-                json.dump(dict(offset_init=args.offset_init, runs=results), f, indent=2)
+            result = run_one(name, seed, args)
+            record_run(args.out, key, result, args.offset_init)
+            print(f'{key}: mAP {result["bbox_mAP"]}', flush=True)
+    results = read_runs(args.out)
     markdown = table(results)
     print(markdown)
     if args.table:
