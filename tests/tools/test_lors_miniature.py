@@ -30,27 +30,3 @@ def test_smoke_study_resumes_and_tabulates(tmp_path, capsys):
     rows = table.read_text().strip().splitlines()
     assert len(rows) == 2 + 3 and rows[3].startswith('| lors | 4,033,772 (')
 
-
-def _record_many(path, prefix, count):
-    study = load_script('benchmarks/lors_miniature.py')
-    for i in range(count):
-        study.record_run(path, f'{prefix}/seed{i}', {'i': i}, 'uniform')
-
-
-def test_concurrent_studies_lose_no_run(tmp_path):
-    """Two processes sharing one JSON (one thread each on 2 cores): every run of both is kept,
-    including runs written by the other process after this one started."""
-    import multiprocessing
-    study = load_script('benchmarks/lors_miniature.py')
-    out = str(tmp_path / 'study.json')
-    study.record_run(out, 'before/seed0', {'i': -1}, 'uniform')
-    ctx = multiprocessing.get_context('fork')
-    procs = [ctx.Process(target=_record_many, args=(out, name, 25)) for name in ('a', 'b')]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(60)
-        assert proc.exitcode == 0
-    runs = study.read_runs(out)
-    assert set(runs) == {'before/seed0'} | {f'{p}/seed{i}' for p in 'ab' for i in range(25)}
-    assert json.loads((tmp_path / 'study.json').read_text())['offset_init'] == 'uniform'

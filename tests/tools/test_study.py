@@ -1,0 +1,54 @@
+"""benchmarks/_study.py: studies that span sessions keep every run, also when two processes
+share one JSON (one thread each on a 2-core machine)."""
+import json
+import multiprocessing
+
+from _tools_helpers import load_script
+
+
+def _record_many(path, prefix, count):
+    study = load_script('benchmarks/_study.py')
+    for i in range(count):
+        study.record_run(path, f'{prefix}/seed{i}', {'i': i}, dict(offset_init='uniform'))
+
+
+def test_concurrent_studies_lose_no_run(tmp_path):
+    study = load_script('benchmarks/_study.py')
+    out = str(tmp_path / 'study.json')
+    study.record_run(out, 'before/seed0', {'i': -1}, dict(offset_init='uniform'))
+    ctx = multiprocessing.get_context('fork')
+    procs = [ctx.Process(target=_record_many, args=(out, name, 25)) for name in ('a', 'b')]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+    assert set(study.read_runs(out)) == (
+        {'before/seed0'} | {f'{p}/seed{i}' for p in 'ab' for i in range(25)})
+    assert json.loads((tmp_path / 'study.json').read_text())['offset_init'] == 'uniform'
+
+
+def test_run_pending_skips_recorded_runs(tmp_path):
+    """A run recorded by another process after this one started is not run again."""
+    study = load_script('benchmarks/_study.py')
+    out = str(tmp_path / 'study.json')
+    ran = []
+
+    def job(key):
+        def run():
+            ran.append(key)
+            if key == 'a':  # meanwhile, another process finishes 'b'
+                study.record_run(out, 'b', dict(bbox_mAP=0.2), {})
+            return dict(bbox_mAP=0.1)
+        return run
+
+    runs = study.run_pending(out, [(k, job(k)) for k in ('a', 'b')], {})
+    assert ran == ['a'] and runs == {'a': dict(bbox_mAP=0.1), 'b': dict(bbox_mAP=0.2)}
+
+
+def test_seconds_per_iteration_by_thread_count():
+    study = load_script('benchmarks/_study.py')
+    runs = [dict(sec_per_iter_mean=0.3), dict(sec_per_iter_mean=0.5, threads=1),
+            dict(sec_per_iter_mean=0.7, threads=1), dict(sec_per_iter_mean=0.4, threads=2)]
+    assert study.seconds_per_iteration(runs) == '0.350 (2 thr), 0.600 (1 thr)'
+    assert study.mean_std([0.5, 0.7]) == '0.600 ± 0.141'
