@@ -26,7 +26,6 @@ depends on it).
     OMP_NUM_THREADS=1 python benchmarks/lors_miniature.py --seeds 2 &  # one thread each
 """
 import argparse
-import argparse
 import functools
 import os.path as osp
 import sys
