@@ -5,6 +5,7 @@ live in one JSON (``{**meta, 'runs': {key: result}}``), merged under a lock afte
 study resumes where it stopped and two processes (one thread each on a 2-core machine) may share
 the JSON without losing a run.
 """
+import argparse
 import contextlib
 import copy
 import fcntl
@@ -105,6 +106,36 @@ def decoder_params(config: str, options: List[str] = ()) -> Dict[str, int]:
     init_default_scope('mmdet')
     counts = count_parameters(MODELS.build(copy.deepcopy(cfg.model)))
     return {k: counts[k] for k in ('decoder', 'decoder_shared', 'decoder_private')}
+
+
+def study_parser(description: str, name: str, seeds: List[int]) -> argparse.ArgumentParser:
+    """The options every study has: seeds, its JSON, its Markdown table, work dirs, smoke."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument('--seeds', nargs='+', type=int, default=seeds)
+    parser.add_argument('--out', default=osp.join(REPO, 'docs', 'results', f'{name}.json'))
+    parser.add_argument('--table', default=None, help='also write the Markdown table here')
+    parser.add_argument('--work-dir', default=osp.join(REPO, 'work_dirs', name))
+    parser.add_argument('--smoke', action='store_true', help='2 iterations a run (a test)')
+    return parser
+
+
+def print_table(markdown: str, path: str = None) -> None:
+    print(markdown)
+    if path:
+        with open(path, 'w') as f:
+            f.write(markdown + '\n')
+
+
+def params_cell(run: dict) -> str:
+    return (f'{run["decoder"]:,} ({run["decoder_shared"]:,} / '
+            f'{run["decoder_private"]:,})')
+
+
+def result_cells(runs: List[dict]) -> str:
+    """``seeds | mAP | mAP50 | mAP75 | s/iter`` cells of a table row (mean +- std over seeds)."""
+    return ' | '.join([str(len(runs))] + [mean_std([r[k] for r in runs]) for k in
+                                          ('bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75')]
+                      + [seconds_per_iteration(runs)])
 
 
 def mean_std(values: List[float]) -> str:

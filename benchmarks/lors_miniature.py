@@ -20,19 +20,19 @@ file under a lock, and a run another process finished meanwhile is skipped. ``--
 the Markdown table (mean +- std over seeds; s/iteration per thread count, since a run's speed
 depends on it).
 
-    python benchmarks/lors_miniature.py --seeds 0 1 2          # the study (about 10 min a run)
+    python benchmarks/lors_miniature.py --seeds 0 1 2   # the study (11 min a run on 2 cores)
     python benchmarks/lors_miniature.py --smoke --out /tmp/s.json   # 2 iterations a run
     OMP_NUM_THREADS=1 python benchmarks/lors_miniature.py --seeds 1 &  # two at once,
     OMP_NUM_THREADS=1 python benchmarks/lors_miniature.py --seeds 2 &  # one thread each
 """
-import argparse
 import functools
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _study import (REPO, decoder_params, mean_std, run_pending, seconds_per_iteration,  # noqa: E402
-                    smoke_options, train)
+from _study import (  # noqa: E402
+    decoder_params, params_cell, print_table, result_cells, run_pending, smoke_options,
+    study_parser, train)
 
 PLAIN = 'configs/demo/adamixer_tiny_1xb8-demo_digits.py'
 LORS = 'configs/demo/adamixer-lors_tiny_1xb8-demo_digits.py'
@@ -67,37 +67,20 @@ def table(results: dict) -> str:
         runs = [r for r in results.values() if r['variant'] == name]
         if not runs:
             continue
-        first = runs[0]
-        rows.append(
-            f'| {name} | {first["decoder"]:,} ({first["decoder_shared"]:,} / '
-            f'{first["decoder_private"]:,}) | {len(runs)} | '
-            f'{mean_std([r["bbox_mAP"] for r in runs])} | '
-            f'{mean_std([r["bbox_mAP_50"] for r in runs])} | '
-            f'{mean_std([r["bbox_mAP_75"] for r in runs])} | '
-            f'{seconds_per_iteration(runs)} |')
+        rows.append(f'| {name} | {params_cell(runs[0])} | {result_cells(runs)} |')
     return '\n'.join(rows)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = study_parser(__doc__.split('\n')[0], 'lors_miniature', seeds=[0, 1, 2])
     parser.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     parser.add_argument('--offset-init', default='uniform', choices=['uniform', 'auto'])
-    parser.add_argument('--out', default=osp.join(REPO, 'docs', 'results',
-                                                  'lors_miniature.json'))
-    parser.add_argument('--table', default=None, help='also write the Markdown table here')
-    parser.add_argument('--work-dir', default=osp.join(REPO, 'work_dirs', 'lors_miniature'))
-    parser.add_argument('--smoke', action='store_true', help='2 iterations a run (a test)')
     args = parser.parse_args(argv)
 
     jobs = [(f'{name}/seed{seed}', functools.partial(run_one, name, seed, args))
             for name in args.variants for seed in args.seeds]
     results = run_pending(args.out, jobs, dict(offset_init=args.offset_init))
-    markdown = table(results)
-    print(markdown)
-    if args.table:
-        with open(args.table, 'w') as f:
-            f.write(markdown + '\n')
+    print_table(table(results), args.table)
 
 
 if __name__ == '__main__':

@@ -13,14 +13,14 @@ decoder parameter ratio per family.
     OMP_NUM_THREADS=1 python benchmarks/lors_mmdet_demo.py --families deformable-detr &
     python benchmarks/lors_mmdet_demo.py --smoke --out /tmp/s.json     # 2 iterations a run
 """
-import argparse
 import functools
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _study import (REPO, decoder_params, mean_std, run_pending, seconds_per_iteration,  # noqa: E402
-                    smoke_options, train)
+from _study import (  # noqa: E402
+    decoder_params, params_cell, print_table, result_cells, run_pending, smoke_options,
+    study_parser, train)
 from bench_lors_mmdet import CONFIGS  # noqa: E402
 
 FAMILIES = CONFIGS['demo']  # family: (stock demo config, LORS demo config)
@@ -50,39 +50,23 @@ def table(results: dict) -> str:
                     if r['family'] == family and r['variant'] == variant]
             if not runs:
                 continue
-            first = runs[0]
-            ratio = f'{first["decoder"] / stock[0]["decoder"]:.2f}x' if stock else '-'
-            rows.append(
-                f'| {family} | {variant} (`{osp.basename(config)}`) | {first["decoder"]:,} '
-                f'({first["decoder_shared"]:,} / {first["decoder_private"]:,}) | {ratio} | '
-                f'{len(runs)} | {mean_std([r["bbox_mAP"] for r in runs])} | '
-                f'{mean_std([r["bbox_mAP_50"] for r in runs])} | '
-                f'{mean_std([r["bbox_mAP_75"] for r in runs])} | '
-                f'{seconds_per_iteration(runs)} |')
+            ratio = f'{runs[0]["decoder"] / stock[0]["decoder"]:.2f}x' if stock else '-'
+            rows.append(f'| {family} | {variant} (`{osp.basename(config)}`) | '
+                        f'{params_cell(runs[0])} | {ratio} | {result_cells(runs)} |')
     return '\n'.join(rows)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = study_parser(__doc__.split('\n')[0], 'lors_mmdet_demo', seeds=[0])
     parser.add_argument('--families', nargs='+', default=list(FAMILIES), choices=FAMILIES)
     parser.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument('--seeds', nargs='+', type=int, default=[0])
-    parser.add_argument('--out', default=osp.join(REPO, 'docs', 'results',
-                                                  'lors_mmdet_demo.json'))
-    parser.add_argument('--table', default=None, help='also write the Markdown table here')
-    parser.add_argument('--work-dir', default=osp.join(REPO, 'work_dirs', 'lors_mmdet_demo'))
-    parser.add_argument('--smoke', action='store_true', help='2 iterations a run (a test)')
     args = parser.parse_args(argv)
 
     jobs = [(f'{family}/{variant}/seed{seed}',
              functools.partial(run_one, family, variant, seed, args))
             for family in args.families for variant in args.variants for seed in args.seeds]
     results = run_pending(args.out, jobs, {})
-    markdown = table(results)
-    print(markdown)
-    if args.table:
-        with open(args.table, 'w') as f:
-            f.write(markdown + '\n')
+    print_table(table(results), args.table)
 
 
 if __name__ == '__main__':
