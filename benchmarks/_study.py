@@ -3,7 +3,8 @@
 A study is a list of runs, each a key (``variant/seed0``) and a training command. Finished runs
 live in one JSON (``{**meta, 'runs': {key: result}}``), merged under a lock after each run, so a
 study resumes where it stopped and two processes (one thread each on a 2-core machine) may share
-the JSON without losing a run.
+the JSON without losing a run. A process claims a run before it starts it (``<json>.running/``,
+its pid), so two processes never train the same run.
 """
 import argparse
 import contextlib
@@ -51,15 +52,44 @@ def record_run(path: str, key: str, result: dict, meta: dict) -> dict:
     return runs
 
 
-def run_pending(path: str, jobs: Iterable[Tuple[str, Callable[[], dict]]], meta: dict) -> dict:
-    """Run each ``(key, job)`` whose key is not in the JSON yet (also runs another process
-    finished meanwhile), recording each result as soon as it exists. Returns all runs."""
-    for key, job in jobs:
+def _claim(path: str, key: str) -> bool:
+    """Under the lock: claim ``key`` for this process unless it is recorded or a live process
+    holds it (a claim of a process that died, e.g. at the end of a session, is taken over)."""
+    claim = osp.join(path + '.running', key.replace('/', '_'))
+    with locked(path):
         if key in read_runs(path):
-            print(f'{key}: in {path}, skipped')
+            return False
+        if osp.isfile(claim):
+            with open(claim) as f:
+                pid = int(f.read() or 0)
+            if pid != os.getpid() and _alive(pid):
+                return False
+        os.makedirs(osp.dirname(claim), exist_ok=True)
+        with open(claim, 'w') as f:
+            f.write(str(os.getpid()))
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return pid > 0
+
+
+def run_pending(path: str, jobs: Iterable[Tuple[str, Callable[[], dict]]], meta: dict) -> dict:
+    """Run each ``(key, job)`` that is neither recorded in the JSON nor running in another
+    process, recording each result as soon as it exists. Returns all runs."""
+    for key, job in jobs:
+        if not _claim(path, key):
+            print(f'{key}: in {path} or running elsewhere, skipped')
             continue
         result = job()
         record_run(path, key, result, meta)
+        os.remove(osp.join(path + '.running', key.replace('/', '_')))
         print(f'{key}: mAP {result["bbox_mAP"]}', flush=True)
     return read_runs(path)
 

@@ -52,3 +52,30 @@ def test_seconds_per_iteration_by_thread_count():
             dict(sec_per_iter_mean=0.7, threads=1), dict(sec_per_iter_mean=0.4, threads=2)]
     assert study.seconds_per_iteration(runs) == '0.350 (2 thr), 0.600 (1 thr)'
     assert study.mean_std([0.5, 0.7]) == '0.600 ± 0.141'
+
+
+def test_run_pending_skips_runs_claimed_by_a_live_process(tmp_path):
+    """Two processes working down one list: a run another live process has started is left to
+    it; the claim of a process that died (a session that ended) is taken over."""
+    import os
+    import subprocess
+    study = load_script('benchmarks/_study.py')
+    out = str(tmp_path / 'study.json')
+    claims = tmp_path / 'study.json.running'
+    claims.mkdir()
+    live = subprocess.Popen(['sleep', '30'])
+    dead = subprocess.Popen(['true'])
+    dead.wait()
+    (claims / 'a_seed0').write_text(str(live.pid))
+    (claims / 'b_seed0').write_text(str(dead.pid))
+    ran = []
+
+    def job(key):
+        return lambda: ran.append(key) or dict(bbox_mAP=0.5)
+
+    try:
+        runs = study.run_pending(out, [(k, job(k)) for k in ('a/seed0', 'b/seed0')], {})
+    finally:
+        live.kill()
+    assert ran == ['b/seed0'] and set(runs) == {'b/seed0'}
+    assert sorted(os.listdir(claims)) == ['a_seed0']  # b's claim went with its result
