@@ -168,6 +168,35 @@ def result_cells(runs: List[dict]) -> str:
                       + [seconds_per_iteration(runs)])
 
 
+def mean_curves(groups: Dict[str, List[dict]]) -> Dict[str, List[float]]:
+    """Mean val mAP per epoch over each group's runs (runs of equal length)."""
+    return {name: [statistics.mean(epoch) for epoch in zip(*(r['ap_per_epoch'] for r in runs))]
+            for name, runs in groups.items() if runs}
+
+
+def plot_curves(groups: Dict[str, List[dict]], path: str) -> Dict[str, List[float]]:
+    """PNG of each group's mean AP per epoch with its seeds' range shaded; returns the means."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    means = mean_curves(groups)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, mean in means.items():
+        epochs = range(1, len(mean) + 1)
+        per_epoch = list(zip(*(r['ap_per_epoch'] for r in groups[name])))
+        ax.plot(epochs, mean, marker='.', label=f'{name} ({len(groups[name])} seeds)')
+        ax.fill_between(epochs, [min(e) for e in per_epoch], [max(e) for e in per_epoch],
+                        alpha=0.2)
+    ax.set_xlabel('epoch')
+    ax.set_ylabel('val bbox mAP')
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return means
+
+
 def mean_std(values: List[float]) -> str:
     if len(values) == 1:
         return f'{values[0]:.3f}'

@@ -18,7 +18,7 @@ resumes where it stopped and may span sessions. Two processes may share one JSON
 thread each on a 2-core machine, on different variants or seeds): each run is merged into the
 file under a lock, and a run another process finished meanwhile is skipped. ``--table`` writes
 the Markdown table (mean +- std over seeds; s/iteration per thread count, since a run's speed
-depends on it).
+depends on it), ``--plot`` a PNG of each variant's mean AP per epoch.
 
     python benchmarks/lors_miniature.py --seeds 0 1 2   # the study (11 min a run on 2 cores)
     python benchmarks/lors_miniature.py --smoke --out /tmp/s.json   # 2 iterations a run
@@ -31,8 +31,8 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _study import (  # noqa: E402
-    decoder_params, params_cell, print_table, result_cells, run_pending, smoke_options,
-    study_parser, train)
+    decoder_params, params_cell, plot_curves, print_table, result_cells, run_pending,
+    smoke_options, study_parser, train)
 
 PLAIN = 'configs/demo/adamixer_tiny_1xb8-demo_digits.py'
 LORS = 'configs/demo/adamixer-lors_tiny_1xb8-demo_digits.py'
@@ -75,12 +75,16 @@ def main(argv=None) -> None:
     parser = study_parser(__doc__.split('\n')[0], 'lors_miniature', seeds=[0, 1, 2])
     parser.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument('--offset-init', default='uniform', choices=['uniform', 'auto'])
+    parser.add_argument('--plot', default=None, help='PNG of mean AP per epoch per variant')
     args = parser.parse_args(argv)
 
     jobs = [(f'{name}/seed{seed}', functools.partial(run_one, name, seed, args))
             for name in args.variants for seed in args.seeds]
     results = run_pending(args.out, jobs, dict(offset_init=args.offset_init))
     print_table(table(results), args.table)
+    if args.plot:
+        plot_curves({name: [r for r in results.values() if r['variant'] == name]
+                     for name in VARIANTS}, args.plot)
 
 
 if __name__ == '__main__':

@@ -79,3 +79,13 @@ def test_run_pending_skips_runs_claimed_by_a_live_process(tmp_path):
         live.kill()
     assert ran == ['b/seed0'] and set(runs) == {'b/seed0'}
     assert sorted(os.listdir(claims)) == ['a_seed0']  # b's claim went with its result
+
+
+def test_plotted_curves_are_the_mean_over_seeds(tmp_path):
+    study = load_script('benchmarks/_study.py')
+    groups = {'a': [dict(ap_per_epoch=[0.1, 0.4]), dict(ap_per_epoch=[0.3, 0.6])],
+              'b': [dict(ap_per_epoch=[0.2, 0.5])], 'empty': []}
+    means = study.plot_curves(groups, str(tmp_path / 'c.png'))
+    assert set(means) == {'a', 'b'}
+    assert means['a'] == [0.2, 0.5] and means['b'] == [0.2, 0.5]
+    assert (tmp_path / 'c.png').read_bytes()[:4] == b'\x89PNG'
