@@ -40,8 +40,8 @@ def read_runs(path: str) -> dict:
         return json.load(f)['runs']
 
 
-def record_run(path: str, key: str, result: dict, meta: dict) -> dict:
-    """Merge one run into the JSON (re-read under the lock) and return all runs."""
+def record_run(path: str, key: str, result: dict, meta: dict) -> None:
+    """Merge one run into the JSON (re-read under the lock)."""
     with locked(path):
         runs = read_runs(path)
         runs[key] = result
@@ -49,13 +49,16 @@ def record_run(path: str, key: str, result: dict, meta: dict) -> dict:
         with open(tmp, 'w') as f:
             json.dump(dict(meta, runs=runs), f, indent=2)
         os.replace(tmp, path)  # a reader never sees a half-written file
-    return runs
+
+
+def _claim_file(path: str, key: str) -> str:
+    return osp.join(path + '.running', key.replace('/', '_'))
 
 
 def _claim(path: str, key: str) -> bool:
     """Under the lock: claim ``key`` for this process unless it is recorded or a live process
     holds it (a claim of a process that died, e.g. at the end of a session, is taken over)."""
-    claim = osp.join(path + '.running', key.replace('/', '_'))
+    claim = _claim_file(path, key)
     with locked(path):
         if key in read_runs(path):
             return False
@@ -71,13 +74,15 @@ def _claim(path: str, key: str) -> bool:
 
 
 def _alive(pid: int) -> bool:
+    if pid <= 0:  # an empty claim file; os.kill(0, ...) would signal our own group
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process
         return True
-    return pid > 0
+    return True
 
 
 def run_pending(path: str, jobs: Iterable[Tuple[str, Callable[[], dict]]], meta: dict) -> dict:
@@ -89,7 +94,7 @@ def run_pending(path: str, jobs: Iterable[Tuple[str, Callable[[], dict]]], meta:
             continue
         result = job()
         record_run(path, key, result, meta)
-        os.remove(osp.join(path + '.running', key.replace('/', '_')))
+        os.remove(_claim_file(path, key))
         print(f'{key}: mAP {result["bbox_mAP"]}', flush=True)
     return read_runs(path)
 
